@@ -1,0 +1,40 @@
+# Everything installs itself: a venv in .venv, and Debian's docker-registry and
+# skopeo through apt-get when they are missing (CI runs as root on Debian).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test bench lint deps clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps:
+	@missing=""; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(STAMP) deps
+	$(BIN)/python -m examples.demo
+
+test: $(STAMP) deps
+	$(BIN)/ruff check imagesync tests benchmarks examples
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP) deps
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check imagesync tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) .demo .bench

@@ -1,0 +1,109 @@
+"""The command line: arguments -> config -> sync -> report; exit 0, 1 or 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from .auth import CredentialStore
+from .config import load
+from .errors import ConfigError
+from .log import Redactor, make_logger
+from .report import render, write_json
+from .rules import Defaults
+from .sync import Settings, sync
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
+        self.exit(EXIT_USAGE, f"imagesync: {message} (see imagesync --help)\n")
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="imagesync",
+        description="Copy container images between registries, driven by one config file.",
+        epilog="Exit codes: 0 all synced or skipped, 1 some images failed, 2 bad config "
+               "or arguments.",
+    )
+    p.add_argument("--config", metavar="FILE", help="one file with 'auth' and 'images' "
+                   "(.json, .yaml or .yml)")
+    p.add_argument("--auth", metavar="FILE", help="image-syncer style auth file")
+    p.add_argument("--images", metavar="FILE", help="image-syncer style images file")
+    p.add_argument("--proc", type=_positive, default=8, metavar="N",
+                   help="concurrent network operations (default 8)")
+    p.add_argument("--retries", type=_positive, default=3, metavar="N",
+                   help="retries per request after transient failures (default 3)")
+    p.add_argument("--force", action="store_true",
+                   help="re-push manifests even when the destination has the same digest")
+    p.add_argument("--report", metavar="FILE", help="write a JSON report here")
+    p.add_argument("--log", metavar="FILE", help="write logs here instead of stderr")
+    p.add_argument("--registry", default=os.environ.get("DEFAULT_REGISTRY"),
+                   help="default registry for empty destinations (env DEFAULT_REGISTRY)")
+    p.add_argument("--namespace", default=os.environ.get("DEFAULT_NAMESPACE"),
+                   help="default namespace for empty destinations (env DEFAULT_NAMESPACE)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    p.add_argument("--version", action="version", version=f"imagesync {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.proc == 0:
+        print("imagesync: --proc must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.config and (args.auth or args.images):
+        print("imagesync: give --config, or --auth/--images, not both", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = load(args.config, args.auth, args.images,
+                   Defaults(args.registry, args.namespace))
+    except ConfigError as e:
+        print(f"imagesync: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    redact = Redactor(CredentialStore(cfg.auth).secrets())
+    with contextlib.ExitStack() as stack:
+        stream = sys.stderr
+        if args.log:
+            try:
+                stream = stack.enter_context(open(args.log, "a", encoding="utf-8"))
+            except OSError as e:
+                print(f"imagesync: --log {args.log}: {e.strerror}", file=sys.stderr)
+                return EXIT_USAGE
+        log = make_logger(redact, stream, args.verbose)
+        settings = Settings(proc=args.proc, retries=args.retries, force=args.force)
+        try:
+            outcome = asyncio.run(sync(cfg, settings, log))
+        except KeyboardInterrupt:
+            print("imagesync: interrupted", file=sys.stderr)
+            return 130
+    render(outcome.results, outcome.summary, sys.stdout)
+    if args.report:
+        try:
+            write_json(args.report, outcome.results, outcome.summary)
+        except OSError as e:
+            print(f"imagesync: --report {args.report}: {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    return outcome.summary.exit_code
+
+
+def run() -> NoReturn:
+    sys.exit(main())

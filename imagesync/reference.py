@@ -1,0 +1,124 @@
+"""Image references: ``registry[:port]/path/name[:tag][@digest]``.
+
+Follows the grammar of distribution's ``reference`` package, including Docker Hub's
+defaults: a name without a registry lives on ``docker.io`` and a one-component name
+there lives under ``library/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DOCKER_HUB = "docker.io"
+# Every spelling users give Docker Hub; all mean the same registry.
+DOCKER_HUB_ALIASES = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_DOMAIN_RE = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+)
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+
+
+class ReferenceError(ValueError):
+    """A string that is not a valid image reference."""
+
+
+def _looks_like_domain(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost" or (
+        component.startswith("[")
+    )
+
+
+def canonical_registry(registry: str) -> str:
+    """Fold Docker Hub's aliases into ``docker.io``; lower-case host names."""
+    registry = registry.lower()
+    return DOCKER_HUB if registry in DOCKER_HUB_ALIASES else registry
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """Split a repository name (no tag, no digest) into (registry, repository).
+
+    ``ubuntu`` -> (docker.io, library/ubuntu); ``host:5000/a/b`` -> (host:5000, a/b).
+    """
+    if not name:
+        raise ReferenceError("empty image name")
+    first, _, rest = name.partition("/")
+    if rest and _looks_like_domain(first):
+        registry, path = canonical_registry(first), rest
+        if not _DOMAIN_RE.match(first):
+            raise ReferenceError(f"invalid registry host {first!r} in {name!r}")
+    else:
+        registry, path = DOCKER_HUB, name
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if not _PATH_RE.match(path):
+        raise ReferenceError(
+            f"invalid repository {path!r} in {name!r}: use lower-case letters, digits "
+            "and separators (. _ - /)"
+        )
+    return registry, path
+
+
+def split_tag_part(ref: str) -> tuple[str, str | None]:
+    """Split ``name:tagspec`` at the tag colon (never at a registry port's colon)."""
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1 :]
+    return ref, None
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One image: a repository plus a tag or a digest (or neither, for a repository)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> Reference:
+        name, _, digest = ref.partition("@")
+        if digest and not DIGEST_RE.match(digest):
+            raise ReferenceError(f"invalid digest {digest!r} in {ref!r}")
+        name, tag = split_tag_part(name)
+        if tag is not None and not TAG_RE.match(tag):
+            raise ReferenceError(f"invalid tag {tag!r} in {ref!r}")
+        registry, repository = split_name(name)
+        return cls(registry, repository, tag, digest or None)
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``, the repository's full name."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def ref(self) -> str:
+        """What goes after ``/manifests/`` in a request: the digest wins over the tag."""
+        ref = self.digest or self.tag
+        if ref is None:
+            raise ReferenceError(f"{self.name} has neither a tag nor a digest")
+        return ref
+
+    def with_tag(self, tag: str | None) -> Reference:
+        return Reference(self.registry, self.repository, tag, None)
+
+    def with_digest(self, digest: str) -> Reference:
+        return Reference(self.registry, self.repository, None, digest)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out

@@ -1,0 +1,48 @@
+"""The composition root: config + settings -> transport, stores, pool, engine -> results."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .auth import CredentialStore
+from .config import Config
+from .engine import Engine, Options
+from .pool import Pool
+from .registry import Registry
+from .report import Result, Summary
+from .transport import RetryPolicy, Transport
+
+
+@dataclass
+class Settings:
+    proc: int = 8
+    retries: int = 3
+    force: bool = False
+    backoff_initial: float = 0.5  # tests shrink this
+
+
+@dataclass
+class Outcome:
+    results: list[Result]
+    summary: Summary
+    engine: Engine = field(repr=False)
+
+
+async def sync(cfg: Config, settings: Settings, log: Any) -> Outcome:
+    started = time.monotonic()
+    policy = RetryPolicy(retries=settings.retries, initial=settings.backoff_initial)
+    async with Transport(CredentialStore(cfg.auth), policy,
+                         connections=max(16, settings.proc * 4), log=log) as transport:
+        registries: dict[str, Registry] = {}
+
+        def store(name: str) -> Registry:
+            if name not in registries:
+                registries[name] = Registry(name, transport)
+            return registries[name]
+
+        engine = Engine(store, Pool(settings.proc), transport.retrying, log,
+                        Options(force=settings.force))
+        results = await engine.run(cfg.rules)
+    return Outcome(results, Summary.of(results, time.monotonic() - started), engine)

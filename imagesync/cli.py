@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries per request after transient failures (default 3)")
     p.add_argument("--force", action="store_true",
                    help="re-push manifests even when the destination has the same digest")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (copy / skip / conflict, bytes) and write nothing")
+    p.add_argument("--os", action="append", default=[], metavar="OS",
+                   help="copy only these OSes from multi-platform images (repeatable)")
+    p.add_argument("--arch", action="append", default=[], metavar="ARCH[:VARIANT]",
+                   help="copy only these architectures (repeatable), e.g. arm64 or arm:v7")
     p.add_argument("--report", metavar="FILE", help="write a JSON report here")
     p.add_argument("--log", metavar="FILE", help="write logs here instead of stderr")
     p.add_argument("--registry", default=os.environ.get("DEFAULT_REGISTRY"),
@@ -75,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         cfg = load(args.config, args.auth, args.images,
-                   Defaults(args.registry, args.namespace))
+                   Defaults(args.registry, args.namespace, tuple(args.os), tuple(args.arch)))
     except ConfigError as e:
         print(f"imagesync: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -89,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"imagesync: --log {args.log}: {e.strerror}", file=sys.stderr)
                 return EXIT_USAGE
         log = make_logger(redact, stream, args.verbose)
-        settings = Settings(proc=args.proc, retries=args.retries, force=args.force)
+        settings = Settings(proc=args.proc, retries=args.retries, force=args.force,
+                            dry_run=args.dry_run)
         try:
             outcome = asyncio.run(sync(cfg, settings, log))
         except KeyboardInterrupt:

@@ -119,12 +119,12 @@ def validate(doc: Any, schema: dict, file: str, root: tuple = ()) -> None:
     errors = list(validator.iter_errors(doc))
     if not errors:
         return
-    # Prefer the deepest error: it names the exact key the user has to fix.
+    # Prefer the deepest error: it names the exact key the user has to fix. For a
+    # oneOf (string | list | mapping), explain the branch of the type the user wrote.
     err = max(errors, key=lambda e: (len(e.absolute_path), e.validator != "oneOf"))
-    if err.validator == "oneOf" and err.context:
-        deeper = max(err.context, key=lambda e: len(e.absolute_path))
-        if len(deeper.absolute_path):
-            err = deeper
+    while err.validator == "oneOf" and err.context:
+        relevant = [e for e in err.context if e.validator != "type"] or err.context
+        err = max(relevant, key=lambda e: (len(e.absolute_path), e.validator != "oneOf"))
     raise ConfigError(file, json_path((*root, *err.absolute_path)), _friendly(err))
 
 

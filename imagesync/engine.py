@@ -18,11 +18,11 @@ import aiohttp
 
 from .errors import ImagesyncError, NotFoundError
 from .graph import ImageTask, image_tasks
-from .manifest import Descriptor, Manifest, ManifestError
+from .manifest import Descriptor, Manifest, ManifestError, filter_index, image_platform
 from .pool import Pool
 from .reference import Reference
 from .registry import verified
-from .report import FAILED, SKIPPED, SYNCED, Result
+from .report import CONFLICT, FAILED, SKIPPED, SYNCED, Result
 from .rules import Rule
 from .store import Repository, Store
 
@@ -34,6 +34,7 @@ FOREIGN = ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 @dataclass
 class Options:
     force: bool = False
+    dry_run: bool = False     # read everything, write nothing; results are the plan
     images_in_flight: int = 0  # 0: twice the pool size
 
 
@@ -54,6 +55,7 @@ class _ImageRun:
     task: ImageTask
     src: Repository
     manifests: dict[str, asyncio.Task[Manifest]] = field(default_factory=dict)
+    selected: asyncio.Task[tuple[Manifest | None, str | None]] | None = None
 
 
 @dataclass
@@ -68,40 +70,66 @@ class Engine:
     blob_uploads: int = 0  # blobs actually uploaded this run (tests assert on no-op re-runs)
 
     async def run(self, rules: list[Rule]) -> list[Result]:
-        results: list[Result] = []
+        results: list[Result] = []  # rule-level failures
+        by_task: dict[int, list[Result]] = {}
         limit = asyncio.Semaphore(self.options.images_in_flight or self.pool.size * 2)
         seq = 0
         running: set[asyncio.Task[None]] = set()
 
         async def run_image(task: ImageTask) -> None:
             try:
-                results.extend(await self.copy_image(task))
+                by_task[task.seq] = await self.copy_image(task)
             finally:
                 limit.release()
 
-        listings = [asyncio.ensure_future(self._list(rule)) for rule in rules]
+        # Listings run ahead (they are cheap and tell the plan); images start in order.
+        listings = [asyncio.ensure_future(self._expand(rule)) for rule in rules]
         for rule, listing in zip(rules, listings, strict=True):
             try:
-                tags = await listing
+                expanded = await listing
             except Exception as e:  # the whole rule fails: say so once per destination
-                results.extend(Result(rule.key, t.name, FAILED, error=describe_error(e))
-                               for t in rule.targets)
-                self.log.error("rule failed", rule=rule.key, error=describe_error(e))
+                err = describe_error(e)
+                results.extend(Result(rule.key, t.name, FAILED, error=err) for t in rule.targets)
+                self.log.error("rule failed", rule=rule.key, error=err)
                 continue
-            tasks = image_tasks(rule, tags, seq)
-            seq += len(tasks) + 1
-            if not tasks:
-                self.log.warning("no tags selected", rule=rule.key)
-            for task in tasks:
-                await limit.acquire()
-                t = asyncio.create_task(run_image(task))
-                running.add(t)
-                t.add_done_callback(running.discard)
+            for concrete, tags in expanded:
+                if isinstance(tags, BaseException):
+                    err = describe_error(tags)
+                    results.extend(Result(concrete.source_name, t.name, FAILED, error=err)
+                                   for t in concrete.targets)
+                    self.log.error("rule failed", rule=rule.key, error=err)
+                    continue
+                tasks = image_tasks(concrete, tags, seq)
+                seq += len(tasks) + 1
+                if not tasks:
+                    self.log.warning("no tags selected", rule=rule.key,
+                                     repository=concrete.source_name)
+                for task in tasks:
+                    await limit.acquire()
+                    t = asyncio.create_task(run_image(task))
+                    running.add(t)
+                    t.add_done_callback(running.discard)
         await asyncio.gather(*running)
-        return results
+        return results + [r for seq in sorted(by_task) for r in by_task[seq]]
+
+    async def _expand(self, rule: Rule) -> list[tuple[Rule, list[str] | BaseException | None]]:
+        """A rule -> its concrete repositories, each with its tag listing (or the error)."""
+        rules = [rule]
+        if rule.namespace:
+            store = self.stores(rule.registry)
+            try:
+                async with self.pool.slot(-1):
+                    paths = await store.list_repositories()
+            except Exception as e:
+                raise type(e)(f"cannot list the repositories of {rule.registry} for rule "
+                              f"{rule.key!r} ({describe_error(e)}): the registry refuses its "
+                              "catalog; name the repositories one by one instead") from None
+            rules = [rule.for_repository(p) for p in sorted(paths) if rule.wants_repository(p)]
+        listings = await asyncio.gather(*(self._list(r) for r in rules), return_exceptions=True)
+        return list(zip(rules, listings, strict=True))
 
     async def _list(self, rule: Rule) -> list[str] | None:
-        if not rule.selector.needs_listing and rule.selector.pattern is None:
+        if not rule.selector.needs_listing:
             return None
         repo = self.stores(rule.registry).repository(rule.repository)
         async with self.pool.slot(-1):
@@ -137,30 +165,69 @@ class Engine:
 
     async def _to_destination(self, run: _ImageRun, digest: str, dest: Reference,
                               start: float) -> Result:
-        seq = run.task.seq
+        seq, rule = run.task.seq, run.task.rule
         source = str(run.task.source)
-        dst = self.stores(dest.registry).repository(dest.repository, push=True)
+        dst = self.stores(dest.registry).repository(dest.repository,
+                                                    push=not self.options.dry_run)
+
+        def result(status: str, digest: str | None, **kw: Any) -> Result:
+            r = Result(source, str(dest), status, digest,
+                       seconds=round(time.monotonic() - start, 3), **kw)
+            level = {FAILED: "error", CONFLICT: "error", SKIPPED: "debug"}.get(status, "info")
+            extra = {k: v for k, v in (("error", r.error), ("note", r.note)) if v}
+            getattr(self.log, level)(status, source=source, destination=str(dest),
+                                     digest=digest, bytes=r.bytes, **extra)
+            return r
+
         try:
-            if not self.options.force:
-                async with self.pool.slot(seq):
-                    have = await dst.head_manifest(dest.tag or digest)
-                if have is not None and have.digest == digest:
-                    self.log.info("skipped", source=source, destination=str(dest),
-                                  digest=digest)
-                    return Result(source, str(dest), SKIPPED, digest,
-                                  seconds=round(time.monotonic() - start, 3),
-                                  note="destination has the same digest")
-            manifest = await self._manifest(run, digest)
-            moved = await self._push_tree(run, manifest, dst, dest.tag or digest)
+            async with self.pool.slot(seq):
+                have = await dst.head_manifest(dest.tag or digest)
+            if have is not None and have.digest == digest and not self.options.force:
+                return result(SKIPPED, digest, note="destination has the same digest")
+            manifest, note = await self._selected(run, digest)
+            if manifest is None:
+                return result(SKIPPED, digest, note=note)
+            if have is not None and have.digest == manifest.digest and not self.options.force:
+                return result(SKIPPED, manifest.digest, note=note or "destination has the "
+                              "same digest")
+            if have is not None and have.digest != manifest.digest and not rule.overwrite:
+                return result(CONFLICT, manifest.digest, error=(
+                    f"{dest} already points at {have.digest} and the rule says overwrite: "
+                    "false; delete that tag, or set overwrite: true"))
+            moved = await self._push_tree(run, manifest, dst, dest.tag or manifest.digest)
         except Exception as e:
-            err = describe_error(e)
-            self.log.error("failed", source=source, destination=str(dest), error=err)
-            return Result(source, str(dest), FAILED, digest, error=err,
-                          seconds=round(time.monotonic() - start, 3))
-        self.log.info("synced", source=source, destination=str(dest), digest=digest,
-                      bytes=moved)
-        return Result(source, str(dest), SYNCED, digest, bytes=moved,
-                      seconds=round(time.monotonic() - start, 3))
+            return result(FAILED, digest, error=describe_error(e))
+        return result(SYNCED, manifest.digest, bytes=moved, note=note)
+
+    def _selected(self, run: _ImageRun, digest: str
+                  ) -> asyncio.Task[tuple[Manifest | None, str | None]]:
+        """The manifest to push after platform selection (None: nothing selected)."""
+        if run.selected is None:
+            run.selected = asyncio.ensure_future(self._select_platforms(run, digest))
+        return run.selected
+
+    async def _select_platforms(self, run: _ImageRun, digest: str
+                                ) -> tuple[Manifest | None, str | None]:
+        manifest = await self._manifest(run, digest)
+        wanted = run.task.rule.platforms
+        if not wanted:
+            return manifest, None
+        if manifest.is_index:
+            subset = filter_index(manifest, wanted)
+            if not subset.children:
+                return None, f"no platform of the index matches {wanted}"
+            if subset is manifest:
+                return manifest, None
+            chosen = ",".join(str(c.platform) for c in subset.children)
+            return subset, (f"index digest changed: pushed the subset {chosen} of "
+                            f"{manifest.digest} as {subset.digest}")
+        config = manifest.blobs[0]
+        async with self.pool.slot(run.task.seq):
+            async with run.src.open_blob(config) as chunks:
+                platform = image_platform(b"".join([c async for c in chunks]))
+        if platform is not None and not wanted.matches(platform):
+            return None, f"platform {platform} not selected ({wanted})"
+        return manifest, None
 
     def _manifest(self, run: _ImageRun, digest: str) -> asyncio.Task[Manifest]:
         """Each source manifest is fetched once per image, whatever the destinations."""
@@ -181,16 +248,16 @@ class Engine:
         else:
             moved = await self._gather_sum(
                 self._ensure_blob(run, b, dst) for b in m.blobs if b.media_type not in FOREIGN)
-        async with self.pool.slot(seq):
-            await dst.put_manifest(ref, m)
+        if not self.options.dry_run:
+            async with self.pool.slot(seq):
+                await dst.put_manifest(ref, m)
         return moved + m.size
 
     async def _push_child(self, run: _ImageRun, child: Descriptor, dst: Repository) -> int:
-        if not self.options.force:
-            async with self.pool.slot(run.task.seq):
-                have = await dst.head_manifest(child.digest)
-            if have is not None:
-                return 0
+        async with self.pool.slot(run.task.seq):
+            have = await dst.head_manifest(child.digest)
+        if have is not None and not self.options.force:
+            return 0
         m = await self._manifest(run, child.digest)
         return await self._push_tree(run, m, dst, child.digest)
 
@@ -226,6 +293,8 @@ class Engine:
         async with self.pool.slot(run.task.seq):
             if await dst.blob_exists(desc):
                 return 0
+            if self.options.dry_run:
+                return desc.size
 
             async def copy() -> None:
                 async with run.src.open_blob(desc) as chunks:

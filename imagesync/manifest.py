@@ -47,6 +47,56 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
+@dataclass(frozen=True)
+class PlatformSelector:
+    """Which platforms to copy from an index: ``linux/amd64``, ``linux/arm/v7``; or
+    image-syncer's ``--os`` / ``--arch`` lists (``arch:variant`` allowed)."""
+
+    platforms: tuple[Platform, ...] = ()
+    oses: tuple[str, ...] = ()
+    archs: tuple[tuple[str, str | None], ...] = ()
+
+    @classmethod
+    def parse(cls, specs: tuple[str, ...] = (), oses: tuple[str, ...] = (),
+              archs: tuple[str, ...] = ()) -> PlatformSelector:
+        plats = []
+        for spec in specs:
+            parts = spec.split("/")
+            if len(parts) not in (2, 3) or not all(parts):
+                raise ValueError(f"invalid platform {spec!r}: use os/arch[/variant]")
+            plats.append(Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+        arch_pairs = []
+        for a in archs:
+            arch, _, variant = a.partition(":")
+            arch_pairs.append((arch, variant or None))
+        return cls(tuple(plats), tuple(oses), tuple(arch_pairs))
+
+    def __bool__(self) -> bool:
+        return bool(self.platforms or self.oses or self.archs)
+
+    def matches(self, p: Platform | None) -> bool:
+        if not self:
+            return True
+        if p is None:
+            return False  # an index entry without a platform (attestations): not selected
+        if self.platforms and not any(
+            s.os == p.os and s.architecture == p.architecture
+            and (s.variant is None or s.variant == p.variant)
+            for s in self.platforms
+        ):
+            return False
+        if self.oses and p.os not in self.oses:
+            return False
+        return not self.archs or any(
+            a == p.architecture and (v is None or v == p.variant) for a, v in self.archs)
+
+    def __str__(self) -> str:
+        parts = [str(p) for p in self.platforms]
+        parts += [f"os={o}" for o in self.oses]
+        parts += [f"arch={a}{':' + v if v else ''}" for a, v in self.archs]
+        return ",".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Descriptor:
     """A content-addressed pointer: media type, digest, size (and platform in an index)."""
@@ -91,6 +141,27 @@ class Manifest:
 
     def descriptor(self) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw))
+
+
+def filter_index(index: Manifest, keep: PlatformSelector) -> Manifest:
+    """A new index holding only the selected children (a new digest: the bytes differ)."""
+    doc = json.loads(index.raw)
+    entries = doc.get("manifests") or []
+    kept = [e for e, d in zip(entries, index.children, strict=True) if keep.matches(d.platform)]
+    if len(kept) == len(entries):
+        return index
+    doc["manifests"] = kept
+    raw = json.dumps(doc, indent=3).encode()
+    return parse_manifest(raw, index.media_type)
+
+
+def image_platform(config_blob: bytes) -> Platform | None:
+    """The platform an image's config blob declares."""
+    try:
+        doc = json.loads(config_blob)
+        return Platform(doc["os"], doc["architecture"], doc.get("variant"))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:

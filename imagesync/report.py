@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-SYNCED, SKIPPED, FAILED = "synced", "skipped", "failed"
+SYNCED, SKIPPED, FAILED, CONFLICT = "synced", "skipped", "failed", "conflict"
 
 
 @dataclass
@@ -31,17 +31,20 @@ class Summary:
     synced: int
     skipped: int
     failed: int
+    conflicts: int
     bytes: int
     seconds: float
+    dry_run: bool = False
 
     @classmethod
-    def of(cls, results: Sequence[Result], seconds: float) -> Summary:
+    def of(cls, results: Sequence[Result], seconds: float, dry_run: bool = False) -> Summary:
         n = Counter(r.status for r in results)
-        return cls(n[SYNCED], n[SKIPPED], n[FAILED], sum(r.bytes for r in results), seconds)
+        return cls(n[SYNCED], n[SKIPPED], n[FAILED], n[CONFLICT],
+                   sum(r.bytes for r in results), round(seconds, 3), dry_run)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.conflicts else 0
 
 
 def human_bytes(n: float) -> str:
@@ -52,18 +55,40 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+_PLAN_WORDS = {SYNCED: "copy", SKIPPED: "skip", CONFLICT: "conflict", FAILED: "error"}
+
+
 def render(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
+    if summary.dry_run:
+        _render_plan(results, summary, out)
+        return
     rate = summary.bytes / summary.seconds if summary.seconds > 0 else 0
+    conflicts = f", {summary.conflicts} conflicts" if summary.conflicts else ""
     out.write(
         f"imagesync: {summary.synced} synced, {summary.skipped} skipped, "
-        f"{summary.failed} failed; {human_bytes(summary.bytes)} moved in "
+        f"{summary.failed} failed{conflicts}; {human_bytes(summary.bytes)} moved in "
         f"{summary.seconds:.1f}s ({human_bytes(rate)}/s)\n"
     )
-    failed = [r for r in results if r.status == FAILED]
+    failed = [r for r in results if r.status in (FAILED, CONFLICT)]
     if failed:
         out.write(f"failed ({len(failed)}):\n")
         for r in failed:
             out.write(f"  {r.source} -> {r.destination}: {r.error}\n")
+    notes = [r for r in results if r.note and "digest changed" in r.note]
+    for r in notes:
+        out.write(f"note: {r.destination}: {r.note}\n")
+
+
+def _render_plan(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
+    for r in results:
+        word = _PLAN_WORDS.get(r.status, r.status)
+        extra = human_bytes(r.bytes) if r.status == SYNCED else (r.error or r.note or "")
+        out.write(f"{word:<8} {r.source} -> {r.destination}  {extra}\n".rstrip() + "\n")
+    out.write(
+        f"dry run: {summary.synced} to copy, {summary.skipped} to skip, "
+        f"{summary.conflicts} conflicts, {summary.failed} errors; "
+        f"{human_bytes(summary.bytes)} would move; nothing was written\n"
+    )
 
 
 def write_json(path: str, results: Sequence[Result], summary: Summary) -> None:

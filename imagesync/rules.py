@@ -10,15 +10,33 @@ image-syncer's forms, key -> value::
     src/repo:/^v1\\.[0-9]+$/  -> dst/repo            tags matching a regex
     src/repo                 -> [dst-a/repo, dst-b/repo]   several destinations
     src/repo                 -> ""                  --registry/--namespace defaults
+
+imagesync's own forms::
+
+    src/team/*               -> dst/mirror          every repository below team/, any depth
+    src/*                    -> dst/backup          every repository of the registry
+    src/repo                 -> {to: ..., tags: {...}, platforms: [...], overwrite: false,
+                                 tag_template: '{tag}-mirrored', exclude_repos: [...]}
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
-from .reference import DIGEST_RE, TAG_RE, Reference, ReferenceError, split_name, split_tag_part
+from .manifest import PlatformSelector
+from .reference import (
+    DIGEST_RE,
+    TAG_RE,
+    Reference,
+    ReferenceError,
+    canonical_registry,
+    split_name,
+    split_tag_part,
+)
+from .tagfilter import TagFilter
 
 
 @dataclass(frozen=True)
@@ -28,15 +46,19 @@ class TagSelector:
     tags: tuple[str, ...] = ()
     digest: str | None = None
     pattern: re.Pattern[str] | None = None
+    filter: TagFilter | None = None
 
     @property
     def needs_listing(self) -> bool:
         return not self.tags and self.digest is None
 
     def select(self, available: list[str]) -> list[str]:
+        tags = list(self.tags) if self.tags else list(available)
         if self.pattern is not None:
-            return [t for t in available if self.pattern.fullmatch(t)]
-        return list(available)
+            tags = [t for t in tags if self.pattern.fullmatch(t)]
+        if self.filter is not None:
+            tags = self.filter.apply(tags)
+        return tags
 
     def describe(self) -> str:
         if self.digest:
@@ -63,10 +85,14 @@ class Target:
 class Rule:
     key: str                 # the config key, as written: used in errors and the report
     registry: str
-    repository: str
+    repository: str          # for a namespace rule: the namespace ('' = whole registry)
     selector: TagSelector
     targets: tuple[Target, ...]
-    options: dict = field(default_factory=dict, hash=False, compare=False)
+    overwrite: bool = True   # replace a destination tag that points at another digest
+    platforms: PlatformSelector = field(default_factory=PlatformSelector)
+    tag_template: str | None = None
+    namespace: bool = False  # key ends in '/*': expand to every repository below
+    exclude_repos: tuple[re.Pattern[str], ...] = ()
 
     @property
     def source_name(self) -> str:
@@ -76,15 +102,43 @@ class Rule:
         """The destination tag for the ``index``-th selected source tag."""
         if target.tags:
             return target.tags[index]
+        if self.tag_template and source_tag is not None:
+            return render_tag(self.tag_template, source_tag, self.repository)
         return source_tag
+
+    def for_repository(self, path: str) -> Rule:
+        """A namespace rule narrowed to one repository found below its namespace."""
+        below = path[len(self.repository):].lstrip("/") if self.repository else path
+        targets = tuple(replace(t, repository=f"{t.repository}/{below}") for t in self.targets)
+        return replace(self, repository=path, targets=targets, namespace=False)
+
+    def wants_repository(self, path: str) -> bool:
+        if self.repository and not path.startswith(self.repository + "/"):
+            return False
+        return not any(p.search(path) for p in self.exclude_repos)
+
+
+def render_tag(template: str, tag: str, repository: str, now: float | None = None) -> str:
+    """``{tag}``, ``{repo}`` (last path part), ``{timestamp}`` (UTC, YYYYmmddHHMMSS),
+    ``{date}`` (YYYYmmdd)."""
+    t = time.gmtime(now if now is not None else time.time())
+    out = template.format(tag=tag, repo=repository.rsplit("/", 1)[-1],
+                          timestamp=time.strftime("%Y%m%d%H%M%S", t),
+                          date=time.strftime("%Y%m%d", t))
+    if not TAG_RE.match(out):
+        raise ValueError(f"tag_template {template!r} gives {out!r}, which is not a valid tag")
+    return out
 
 
 @dataclass(frozen=True)
 class Defaults:
-    """image-syncer's --registry / --namespace, for empty destinations."""
+    """Command-line settings that apply to every rule: image-syncer's --registry and
+    --namespace (for empty destinations) and --os / --arch (platform selection)."""
 
     registry: str | None = None
     namespace: str | None = None
+    oses: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()
 
 
 NO_DEFAULTS = Defaults()
@@ -138,21 +192,73 @@ def _parse_target(value: str, defaults: Defaults, source_repo: str) -> Target:
     return Target(registry, repository, tags)
 
 
+def _split_namespace(key: str) -> tuple[str, str] | None:
+    """``reg/team/*`` -> (reg, team); ``reg/*`` -> (reg, ''); else None."""
+    if not key.endswith("/*"):
+        return None
+    head = key[:-2]
+    if "*" in head:
+        raise ValueError(f"{key!r}: '*' may only stand alone as the last path part")
+    host, _, ns = head.partition("/")
+    if not ns:
+        # 'host/*': the host must look like one, or this is a Docker Hub namespace.
+        if "." in host or ":" in host or host == "localhost":
+            return canonical_registry(host), ""
+    registry, repository = split_name(f"{head}/x")
+    return registry, repository[: -len("/x")]
+
+
+def _parse_options(rule: Rule, doc: dict, oses: tuple[str, ...],
+                   archs: tuple[str, ...]) -> Rule:
+    tags = doc.get("tags")
+    selector = rule.selector
+    if isinstance(tags, list):
+        if rule.selector.tags or rule.selector.digest:
+            raise ValueError("tags are given both in the key and in 'tags'")
+        selector = replace(selector, tags=tuple(tags))
+    elif isinstance(tags, dict):
+        selector = replace(selector, filter=TagFilter.from_config(tags))
+    platforms = PlatformSelector.parse(tuple(doc.get("platforms") or ()), oses, archs)
+    template = doc.get("tag_template")
+    if template is not None:
+        render_tag(template, "1.0", "repo", 0)  # fail at load time, not mid-run
+    excludes = tuple(re.compile(p) for p in doc.get("exclude_repos") or ())
+    return replace(rule, selector=selector, overwrite=doc.get("overwrite", True),
+                   platforms=platforms, tag_template=template, exclude_repos=excludes)
+
+
 def parse_rule(key: str, value: object, defaults: Defaults = NO_DEFAULTS,
                *, file: str | None = None, path: str | None = None) -> Rule:
     """One ``images`` entry -> a :class:`Rule`, or a :class:`ConfigError` saying why not."""
     path = path or f"images[{key!r}]"
+    options = value if isinstance(value, dict) else {}
+    destinations = options.get("to") if isinstance(value, dict) else value
     try:
         if not key:
             raise ValueError("the source is empty: give registry/namespace/repository[:tag]")
-        name, selector = _split_source(key)
-        registry, repository = split_name(name)
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            raise ValueError("no destination given")
+        ns = _split_namespace(key)
+        if ns:
+            registry, repository = ns
+            selector = TagSelector()
+        else:
+            name, selector = _split_source(key)
+            registry, repository = split_name(name)
+        values = destinations if isinstance(destinations, list) else [destinations]
+        if not values or values == [None]:
+            raise ValueError("no destination given: add 'to: registry/repository'")
         targets = tuple(_parse_target(v, defaults, repository) for v in values)
-    except (ValueError, ReferenceError) as e:
+        if ns and any(t.tags for t in targets):
+            raise ValueError("a namespace rule ('/*') copies whole repositories: give "
+                             "destination prefixes without tags")
+        rule = Rule(key, registry, repository, selector, targets, namespace=bool(ns),
+                    platforms=PlatformSelector.parse((), defaults.oses, defaults.archs))
+        rule = _parse_options(rule, options, defaults.oses, defaults.archs)
+    except (ValueError, ReferenceError, re.error) as e:
         raise ConfigError(file, path, str(e)) from None
+    if rule.tag_template and any(t.tags for t in rule.targets):
+        raise ConfigError(file, path, "give destination tags or a tag_template, not both")
+    targets = rule.targets
+    selector = rule.selector
     for t in targets:
         if not t.tags:
             continue
@@ -167,7 +273,7 @@ def parse_rule(key: str, value: object, defaults: Defaults = NO_DEFAULTS,
                 f"destination {t.name} renames to {len(t.tags)} tag(s) but the source names "
                 f"{need} tag(s): list the same number of tags on both sides, or drop the "
                 "destination tag to keep the source tag names")
-    return Rule(key, registry, repository, selector, targets)
+    return rule
 
 
 def source_reference(rule: Rule, tag: str | None) -> Reference:

@@ -20,6 +20,7 @@ class Settings:
     proc: int = 8
     retries: int = 3
     force: bool = False
+    dry_run: bool = False
     backoff_initial: float = 0.5  # tests shrink this
 
 
@@ -43,6 +44,7 @@ async def sync(cfg: Config, settings: Settings, log: Any) -> Outcome:
             return registries[name]
 
         engine = Engine(store, Pool(settings.proc), transport.retrying, log,
-                        Options(force=settings.force))
+                        Options(force=settings.force, dry_run=settings.dry_run))
         results = await engine.run(cfg.rules)
-    return Outcome(results, Summary.of(results, time.monotonic() - started), engine)
+    summary = Summary.of(results, time.monotonic() - started, settings.dry_run)
+    return Outcome(results, summary, engine)

@@ -22,7 +22,7 @@ from .auth import AuthEntry
 from .errors import ConfigError
 from .rules import NO_DEFAULTS, Defaults, Rule, parse_rule
 
-_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass
@@ -71,15 +71,19 @@ def read_document(path: str) -> Any:
 
 
 def expand_env(doc: Any, file: str, parts: tuple = (), environ: dict | None = None) -> Any:
-    """Replace ``${VAR}`` in every string; an unset variable is an error, not ''."""
+    """Replace ``${VAR}`` (and ``${VAR:-default}``) in every string, keys included; an
+    unset variable without a default is an error, not ''."""
     env = os.environ if environ is None else environ
     if isinstance(doc, dict):
-        return {k: expand_env(v, file, (*parts, k), env) for k, v in doc.items()}
+        return {expand_env(k, file, parts, env): expand_env(v, file, (*parts, k), env)
+                for k, v in doc.items()}
     if isinstance(doc, list):
         return [expand_env(v, file, (*parts, i), env) for i, v in enumerate(doc)]
     if isinstance(doc, str):
         def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
+            name, default = m.group(1), m.group(2)
+            if name not in env and default is not None:
+                return default
             if name not in env:
                 raise ConfigError(file, json_path(parts),
                                   f"environment variable {name} is not set: export it, "

@@ -235,16 +235,22 @@ def start_registry(
     name: str = "registry",
     ca: CertAuthority | None = None,
     timeout: float = START_TIMEOUT,
+    reuse: bool = False,
 ) -> LocalRegistry:
     """Start ``docker-registry serve`` in ``workdir/<name>`` and wait until ``/v2/`` answers.
 
     ``ca``: sign the TLS cert with this CA (implies ``tls``) so several registries share
     one ``ca_file``; otherwise a fresh CA is made under the registry dir.
+    ``reuse``: keep using ``workdir/<name>`` and its stored images (the demo's second run).
     """
     binary = find_registry_binary()
     if binary is None:
         raise FileNotFoundError(f"docker-registry not found on PATH: {INSTALL_HINT}")
-    root = _unique_dir(Path(workdir), name)
+    if reuse:
+        root = Path(workdir) / name
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = _unique_dir(Path(workdir), name)
     tls = tls or ca is not None
     tls_files: tuple[Path, Path] | None = None
     ca_file: Path | None = None

@@ -125,7 +125,9 @@ def validate(doc: Any, schema: dict, file: str, root: tuple = ()) -> None:
         return
     # Prefer the deepest error: it names the exact key the user has to fix. For a
     # oneOf (string | list | mapping), explain the branch of the type the user wrote.
-    err = max(errors, key=lambda e: (len(e.absolute_path), e.validator != "oneOf"))
+    # A misspelt key explains a missing one, so it wins at the same depth.
+    err = max(errors, key=lambda e: (len(e.absolute_path), e.validator != "oneOf",
+                                     e.validator == "additionalProperties"))
     while err.validator == "oneOf" and err.context:
         relevant = [e for e in err.context if e.validator != "type"] or err.context
         err = max(relevant, key=lambda e: (len(e.absolute_path), e.validator != "oneOf"))

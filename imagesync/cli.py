@@ -18,6 +18,7 @@ from .log import Redactor, make_logger
 from .report import render, write_json
 from .rules import Defaults
 from .sync import Settings, sync
+from .upload import MONOLITHIC_MAX
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy only these OSes from multi-platform images (repeatable)")
     p.add_argument("--arch", action="append", default=[], metavar="ARCH[:VARIANT]",
                    help="copy only these architectures (repeatable), e.g. arm64 or arm:v7")
+    p.add_argument("--chunk-size", type=_positive, default=MONOLITHIC_MAX, metavar="BYTES",
+                   help="blobs above this size are uploaded in resumable chunks of this "
+                   f"size (default {MONOLITHIC_MAX >> 20} MiB)")
     p.add_argument("--report", metavar="FILE", help="write a JSON report here")
     p.add_argument("--log", metavar="FILE", help="write logs here instead of stderr")
     p.add_argument("--registry", default=os.environ.get("DEFAULT_REGISTRY"),
@@ -82,10 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load(args.config, args.auth, args.images,
                    Defaults(args.registry, args.namespace, tuple(args.os), tuple(args.arch)))
+        # Every credential known now, and every one obtained later (Docker config,
+        # credential helpers, cloud tokens), is masked in logs and in the report.
+        redact = Redactor()
+        credentials = CredentialStore.from_environment(cfg.auth, on_secret=redact.add)
     except ConfigError as e:
         print(f"imagesync: {e}", file=sys.stderr)
         return EXIT_USAGE
-    redact = Redactor(CredentialStore(cfg.auth).secrets())
     with contextlib.ExitStack() as stack:
         stream = sys.stderr
         if args.log:
@@ -96,12 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_USAGE
         log = make_logger(redact, stream, args.verbose)
         settings = Settings(proc=args.proc, retries=args.retries, force=args.force,
-                            dry_run=args.dry_run)
+                            dry_run=args.dry_run, chunk_size=args.chunk_size or MONOLITHIC_MAX)
         try:
-            outcome = asyncio.run(sync(cfg, settings, log))
+            outcome = asyncio.run(sync(cfg, settings, log, credentials))
         except KeyboardInterrupt:
             print("imagesync: interrupted", file=sys.stderr)
             return 130
+    for r in outcome.results:  # errors may quote a registry's or a helper's words
+        r.error = redact(r.error) if r.error else r.error
+        r.note = redact(r.note) if r.note else r.note
     render(outcome.results, outcome.summary, sys.stdout)
     if args.report:
         try:

@@ -9,6 +9,7 @@ repository per run), push child manifests, and push the tagged manifest or index
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,6 @@ from .graph import ImageTask, image_tasks
 from .manifest import Descriptor, Manifest, ManifestError, filter_index, image_platform
 from .pool import Pool
 from .reference import Reference
-from .registry import verified
 from .report import CONFLICT, FAILED, SKIPPED, SYNCED, Result
 from .rules import Rule
 from .store import Repository, Store
@@ -67,7 +67,12 @@ class Engine:
     options: Options = field(default_factory=Options)
     # (destination repository, digest) -> the one transfer of that blob in this run
     _blobs: dict[tuple[str, str], asyncio.Task[int]] = field(default_factory=dict)
-    blob_uploads: int = 0  # blobs actually uploaded this run (tests assert on no-op re-runs)
+    # (store, digest) -> a repository of that store known to hold the blob: a mount source
+    _holders: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (store, digest) -> the upload of that blob into some repository of the store
+    _uploading: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
+    blob_uploads: int = 0  # blobs actually uploaded this run
+    blob_mounts: int = 0   # blobs linked by cross-repository mount instead
 
     async def run(self, rules: list[Rule]) -> list[Result]:
         results: list[Result] = []  # rule-level failures
@@ -290,16 +295,51 @@ class Engine:
             raise
 
     async def _transfer_blob(self, run: _ImageRun, desc: Descriptor, dst: Repository) -> int:
+        src, store_key = run.src, (dst.store_name, desc.digest)
         async with self.pool.slot(run.task.seq):
             if await dst.blob_exists(desc):
+                self._holders.setdefault(store_key, dst.path)
                 return 0
-            if self.options.dry_run:
-                return desc.size
-
-            async def copy() -> None:
-                async with run.src.open_blob(desc) as chunks:
-                    await dst.put_blob(desc, verified(chunks, desc, run.src.name))
-
-            await self.retrying(copy, f"copy blob {desc.digest[:19]} to {dst.name}")
-            self.blob_uploads += 1
+        if self.options.dry_run:
             return desc.size
+        # Another repository of this registry is receiving the same blob right now: wait
+        # for it (holding no slot), then mount from there instead of sending it twice.
+        other = self._uploading.get(store_key)
+        if other is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(other)
+        async with self.pool.slot(run.task.seq):
+            if await self._mount(desc, dst, src):
+                return 0
+            upload = asyncio.ensure_future(dst.put_blob(desc, lambda o: src.open_blob(desc, o)))
+            self._uploading.setdefault(store_key, upload)
+            try:
+                await asyncio.shield(upload)
+            finally:
+                if self._uploading.get(store_key) is upload:
+                    del self._uploading[store_key]
+            self.blob_uploads += 1
+            self._holders[store_key] = dst.path
+            return desc.size
+
+    async def _mount(self, desc: Descriptor, dst: Repository, src: Repository) -> bool:
+        """Link the blob from a repository of the same registry: the source repository
+        when both share a registry, or one this run has seen holding it."""
+        candidates = []
+        if src.store_name == dst.store_name:
+            candidates.append(src.path)
+        holder = self._holders.get((dst.store_name, desc.digest))
+        if holder and holder not in candidates and holder != dst.path:
+            candidates.append(holder)
+        for from_path in candidates:
+            try:
+                mounted = await dst.mount_blob(desc, from_path)
+            except Exception as e:  # a refused mount is no failure: upload instead
+                self.log.debug("mount refused", blob=desc.digest, into=dst.name,
+                               error=describe_error(e))
+                continue
+            if mounted:
+                self.blob_mounts += 1
+                self._holders[(dst.store_name, desc.digest)] = dst.path
+                return True
+        return False

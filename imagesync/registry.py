@@ -7,18 +7,17 @@ retries and error classification belong to :mod:`imagesync.transport`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
-
-from yarl import URL
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
 
 from .auth import repository_scope
 from .errors import IntegrityError, NotFoundError, RegistryError
-from .manifest import ACCEPT, Descriptor, Manifest, parse_manifest, sha256_digest
+from .manifest import ACCEPT, Descriptor, Manifest, parse_manifest
+from .store import BlobOpener
 from .transport import Transport
+from .upload import MONOLITHIC_MAX, BlobUploader
 
 CHUNK = 1 << 20  # bytes read from a blob stream at a time: bounds memory per transfer
 PAGE = 1000
@@ -40,9 +39,14 @@ class Registry:
 
     name: str  # canonical host[:port], e.g. "docker.io" or "127.0.0.1:5000"
     transport: Transport
+    chunk_size: int = MONOLITHIC_MAX
+    _repos: dict[tuple[str, bool], RegistryRepository] = field(default_factory=dict)
 
     def repository(self, path: str, *, push: bool = False) -> RegistryRepository:
-        return RegistryRepository(self, path, push)
+        key = (path, push)
+        if key not in self._repos:
+            self._repos[key] = RegistryRepository(self, path, push)
+        return self._repos[key]
 
     async def list_repositories(self) -> list[str]:
         return await self._paged(f"/v2/_catalog?n={PAGE}", "repositories",
@@ -72,17 +76,21 @@ class RegistryRepository:
         return f"{self.registry.name}/{self.path}"
 
     @property
-    def _scopes(self) -> list[str]:
+    def store_name(self) -> str:
+        return self.registry.name
+
+    @property
+    def scopes(self) -> list[str]:
         return [repository_scope(self.path, self.push)]
 
     async def _request(self, method: str, path: str, **kw):
         return await self.registry.transport.request(
-            method, self.registry.name, f"/v2/{self.path}{path}", scopes=self._scopes, **kw)
+            method, self.registry.name, f"/v2/{self.path}{path}", scopes=self.scopes, **kw)
 
     async def list_tags(self) -> list[str]:
         try:
             return await self.registry._paged(f"/v2/{self.path}/tags/list?n={PAGE}", "tags",
-                                              self._scopes)
+                                              self.scopes)
         except NotFoundError:
             raise NotFoundError(f"repository {self.name} not found") from None
 
@@ -119,66 +127,60 @@ class RegistryRepository:
         return True
 
     @contextlib.asynccontextmanager
-    async def open_blob(self, desc: Descriptor) -> AsyncIterator[AsyncIterator[bytes]]:
-        transport = self.registry.transport
-        async with transport.stream("GET", self.registry.name,
-                                    f"/v2/{self.path}/blobs/{desc.digest}",
-                                    scopes=self._scopes) as resp:
-            yield resp.content.iter_chunked(CHUNK)
+    async def open_blob(self, desc: Descriptor, offset: int = 0
+                        ) -> AsyncIterator[AsyncIterator[bytes]]:
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        async with self.registry.transport.stream(
+            "GET", self.registry.name, f"/v2/{self.path}/blobs/{desc.digest}",
+            scopes=self.scopes, headers=headers, ok=(200, 206),
+        ) as resp:
+            chunks = resp.content.iter_chunked(CHUNK)
+            if offset and resp.status == 200:
+                chunks = _skip(chunks, offset)  # the registry ignored Range
+            yield chunks
 
-    async def _start_upload(self, params: str = "") -> tuple[int, str]:
-        # Not retried on its own: it is one step of a blob copy, which is retried whole.
+    async def start_upload(self, params: str = "",
+                           scopes: list[str] | None = None) -> tuple[int, str, int]:
+        """POST an upload: (status, location, minimum chunk length). Not retried on its
+        own: it is one step of a blob copy, which is retried whole."""
         async with self.registry.transport.stream(
             "POST", self.registry.name, f"/v2/{self.path}/blobs/uploads/{params}",
-            scopes=self._scopes, ok=(201, 202),
+            scopes=scopes or self.scopes, ok=(201, 202),
         ) as resp:
             location = resp.headers.get("Location")
             status = resp.status
+            min_chunk = int(resp.headers.get("OCI-Chunk-Min-Length") or 0)
         if not location and status == 202:
             raise RegistryError(f"{self.name}: upload started without a Location")
-        return status, location or ""
+        return status, self.resolve(location or ""), min_chunk
 
-    async def put_blob(self, desc: Descriptor, chunks: AsyncIterator[bytes]) -> None:
-        transport = self.registry.transport
-        ep = await transport.endpoint(self.registry.name)
-        _, location = await self._start_upload()
-        url = URL(transport.resolve(ep.base, location), encoded=True)
-        url = url.update_query(digest=desc.digest)
-        async with transport.stream(
-            "PUT", self.registry.name, str(url), scopes=self._scopes, data=chunks,
-            headers={"Content-Type": "application/octet-stream",
-                     "Content-Length": str(desc.size)},
-            ok=(201, 204),
-        ):
-            pass
+    def resolve(self, location: str) -> str:
+        ep = self.registry.transport.endpoint_base(self.registry.name)
+        return urljoin(ep, location)
+
+    async def put_blob(self, desc: Descriptor, source: BlobOpener) -> None:
+        await BlobUploader(self, self.registry.chunk_size).upload(desc, source)
 
     async def mount_blob(self, desc: Descriptor, from_path: str) -> bool:
-        status, _ = await self._start_upload(f"?mount={desc.digest}&from={from_path}")
+        # The token must also allow pulling from the repository we mount from.
+        scopes = [*self.scopes, repository_scope(from_path, False)]
+        status, location, _ = await self.registry.transport.retrying(
+            lambda: self.start_upload(f"?mount={desc.digest}&from={from_path}", scopes),
+            f"mount {desc.digest[:19]} into {self.name}")
+        if status != 201 and location:
+            # Not mounted (blob unknown there, or mounting unsupported): drop the upload
+            # the registry opened instead, rather than leave it to be purged later.
+            with contextlib.suppress(Exception):
+                async with self.registry.transport.stream(
+                    "DELETE", self.registry.name, location, scopes=scopes, ok=(204, 200)):
+                    pass
         return status == 201
 
 
-def verified(chunks: AsyncIterator[bytes], desc: Descriptor,
-             where: str) -> AsyncIterator[bytes]:
-    """Pass chunks through, failing before the last byte if they do not match ``desc``."""
-    async def gen() -> AsyncIterator[bytes]:
-        h = sha256_hasher(desc.digest)
+async def _skip(chunks: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if n >= len(chunk):
+            n -= len(chunk)
+            continue
+        yield chunk[n:]
         n = 0
-        async for chunk in chunks:
-            n += len(chunk)
-            if n > desc.size:
-                raise IntegrityError(f"{where}: blob {desc.digest} is larger than {desc.size}")
-            if h:
-                h.update(chunk)
-            if n == desc.size and h and "sha256:" + h.hexdigest() != desc.digest:
-                raise IntegrityError(f"{where}: blob bytes do not match digest {desc.digest}")
-            yield chunk
-        if n != desc.size:
-            raise IntegrityError(f"{where}: blob {desc.digest} ended at {n} of {desc.size} bytes")
-    return gen()
-
-
-def sha256_hasher(digest: str) -> Any:
-    return hashlib.sha256() if digest.startswith("sha256:") else None
-
-
-__all__ = ["Registry", "RegistryRepository", "sha256_digest", "verified"]

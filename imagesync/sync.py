@@ -13,6 +13,7 @@ from .pool import Pool
 from .registry import Registry
 from .report import Result, Summary
 from .transport import RetryPolicy, Transport
+from .upload import MONOLITHIC_MAX
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Settings:
     retries: int = 3
     force: bool = False
     dry_run: bool = False
+    chunk_size: int = MONOLITHIC_MAX
     backoff_initial: float = 0.5  # tests shrink this
 
 
@@ -31,16 +33,20 @@ class Outcome:
     engine: Engine = field(repr=False)
 
 
-async def sync(cfg: Config, settings: Settings, log: Any) -> Outcome:
+async def sync(cfg: Config, settings: Settings, log: Any,
+               credentials: CredentialStore | None = None) -> Outcome:
+    """``credentials``: default, the config's auth entries plus Docker's config.json."""
     started = time.monotonic()
     policy = RetryPolicy(retries=settings.retries, initial=settings.backoff_initial)
-    async with Transport(CredentialStore(cfg.auth), policy,
+    if credentials is None:
+        credentials = CredentialStore.from_environment(cfg.auth)
+    async with Transport(credentials, policy,
                          connections=max(16, settings.proc * 4), log=log) as transport:
         registries: dict[str, Registry] = {}
 
         def store(name: str) -> Registry:
             if name not in registries:
-                registries[name] = Registry(name, transport)
+                registries[name] = Registry(name, transport, settings.chunk_size)
             return registries[name]
 
         engine = Engine(store, Pool(settings.proc), transport.retrying, log,

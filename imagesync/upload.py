@@ -1,0 +1,178 @@
+"""Blob uploads to a registry: monolithic for small blobs, chunked and resumable for big.
+
+Small blobs go up as ``POST`` + one streamed ``PUT ?digest=``; a failure retries the
+whole copy. Blobs above the threshold go up as ``PATCH`` chunks with ``Content-Range``:
+after a broken connection the upload's offset is asked of the registry (``GET`` on the
+upload location) and the copy resumes there, reading the source with ``Range`` from the
+same offset. The digest of every byte sent is checked before the final ``PUT``, so bytes
+that do not match the descriptor are never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from yarl import URL
+
+from .errors import IntegrityError, RegistryError, TransientError
+from .manifest import Descriptor
+from .store import BlobOpener
+
+if TYPE_CHECKING:
+    from .registry import RegistryRepository
+
+# Blobs up to this size go up in one PUT; bigger ones in PATCHes of this size (raised to
+# the registry's OCI-Chunk-Min-Length). Big enough that PATCH round trips don't matter,
+# small enough that a break costs little.
+MONOLITHIC_MAX = 64 << 20
+PATCH_SIZE = MONOLITHIC_MAX
+
+
+def _hasher(digest: str) -> Any:
+    algo = digest.split(":", 1)[0]
+    if algo not in ("sha256", "sha512"):
+        raise IntegrityError(f"unsupported digest algorithm {algo!r}")
+    return hashlib.new(algo)
+
+
+def _check(h: Any, desc: Descriptor, where: str) -> None:
+    got = f"{desc.digest.split(':', 1)[0]}:{h.hexdigest()}"
+    if got != desc.digest:
+        raise IntegrityError(f"{where}: blob bytes hash to {got}, not {desc.digest}")
+
+
+class _Reader:
+    """Takes exact byte counts from a chunk stream, carrying remainders over."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]):
+        self._chunks = chunks
+        self._pending = b""
+
+    async def take(self, n: int, h: Any) -> AsyncIterator[bytes]:
+        """Yield exactly ``n`` bytes (hashing them into ``h``), or fail if the stream ends."""
+        while n > 0:
+            if not self._pending:
+                try:
+                    self._pending = await self._chunks.__anext__()
+                except StopAsyncIteration:
+                    raise TransientError("source blob stream ended early") from None
+            piece, self._pending = self._pending[:n], self._pending[n:]
+            n -= len(piece)
+            h.update(piece)
+            yield piece
+
+    async def rest(self) -> int:
+        """Count bytes left after the expected end (a source serving too much)."""
+        extra = len(self._pending)
+        async for chunk in self._chunks:
+            extra += len(chunk)
+        return extra
+
+
+@dataclass
+class _State:
+    """A chunked upload in progress: what the registry has, and the hash up to there."""
+
+    location: str | None = None
+    offset: int = 0          # bytes the registry has confirmed, all hashed into hasher
+    registry_has: int = 0    # what it reported after a break (may be mid-PATCH)
+    hasher: Any = None
+    chunk: int = PATCH_SIZE
+
+
+class BlobUploader:
+    def __init__(self, repo: RegistryRepository, chunk_size: int = MONOLITHIC_MAX):
+        self.repo = repo
+        self.transport = repo.registry.transport
+        self.monolithic_max = chunk_size
+        self.patch_size = chunk_size
+
+    async def upload(self, desc: Descriptor, source: BlobOpener) -> None:
+        what = f"upload {desc.digest[:19]} to {self.repo.name}"
+        if desc.size <= self.monolithic_max:
+            await self.transport.retrying(lambda: self._monolithic(desc, source), what)
+            return
+        state = _State()
+        await self.transport.retrying(lambda: self._chunked(desc, source, state), what)
+
+    async def _monolithic(self, desc: Descriptor, source: BlobOpener) -> None:
+        _, location, _ = await self.repo.start_upload()
+        h = _hasher(desc.digest)
+        async with source(0) as chunks:
+            reader = _Reader(chunks)
+
+            async def body() -> AsyncIterator[bytes]:
+                async for piece in reader.take(desc.size, h):
+                    yield piece
+                # Check before the request completes: a mismatch aborts the PUT.
+                _check(h, desc, self.repo.name)
+                if await reader.rest():
+                    raise IntegrityError(f"{self.repo.name}: blob {desc.digest} is larger "
+                                         f"than its descriptor's {desc.size} bytes")
+
+            await self._send("PUT", self._with_digest(location, desc), body(), desc.size,
+                             ok=(201, 204))
+
+    async def _chunked(self, desc: Descriptor, source: BlobOpener, state: _State) -> None:
+        if state.location is not None:
+            await self._resume(state)
+        if state.location is None:
+            _, location, min_chunk = await self.repo.start_upload()
+            state.location, state.offset, state.hasher = location, 0, _hasher(desc.digest)
+            state.chunk = max(self.patch_size, min_chunk)
+        async with source(state.offset) as chunks:
+            reader = _Reader(chunks)
+            if state.registry_has > state.offset:
+                # The registry kept part of the broken PATCH: hash those bytes without
+                # sending them again, then continue from where it is.
+                async for _ in reader.take(state.registry_has - state.offset, state.hasher):
+                    pass
+                state.offset = state.registry_has
+            while state.offset < desc.size:
+                n = min(state.chunk, desc.size - state.offset)
+                h = state.hasher.copy()
+                resp_headers = await self._send(
+                    "PATCH", state.location, reader.take(n, h), n, ok=(202, 204),
+                    extra={"Content-Range": f"{state.offset}-{state.offset + n - 1}"})
+                state.location = self._resolve(resp_headers.get("Location") or state.location)
+                state.offset += n
+                state.hasher = h
+            _check(state.hasher, desc, self.repo.name)
+        await self._send("PUT", self._with_digest(state.location, desc), b"", 0,
+                         ok=(201, 204))
+
+    async def _resume(self, state: _State) -> None:
+        """Ask the registry how much of the upload it has; continue from there."""
+        assert state.location is not None
+        try:
+            async with self.transport.stream("GET", self.repo.registry.name, state.location,
+                                             scopes=self.repo.scopes, ok=(204, 200)) as resp:
+                rng = resp.headers.get("Range", "")
+                location = resp.headers.get("Location")
+        except RegistryError:
+            state.location = None  # the registry forgot the upload: start again
+            return
+        have = int(rng.rsplit("-", 1)[1]) + 1 if "-" in rng else 0
+        if location:
+            state.location = self._resolve(location)
+        if have < state.offset:
+            state.location = None  # it lost confirmed bytes: only a fresh upload is safe
+        state.registry_has = have
+
+    async def _send(self, method: str, url: str, data: Any, length: int, *,
+                    ok: tuple[int, ...], extra: dict[str, str] | None = None) -> Any:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
+                   **(extra or {})}
+        async with self.transport.stream(method, self.repo.registry.name, url,
+                                         scopes=self.repo.scopes, data=data,
+                                         headers=headers, ok=ok) as resp:
+            return resp.headers
+
+    def _resolve(self, location: str) -> str:
+        return self.repo.resolve(location)
+
+    def _with_digest(self, location: str, desc: Descriptor) -> str:
+        return str(URL(location, encoded=True).update_query(digest=desc.digest))

@@ -114,7 +114,12 @@ def _friendly(err: jsonschema.ValidationError) -> str:
     if v == "dependentRequired":
         return err.message
     if v == "minProperties":
+        if list(err.absolute_path)[-1:] == ["tags"]:
+            return "is empty: give at least one filter (include, exclude, equals, starts_with, " \
+                   "ends_with, contains, one_of, not_one_of, semver, latest)"
         return "is empty: add at least one rule"
+    if v == "pattern" and "platforms" in list(err.absolute_path):
+        return f"{err.instance!r} is not a platform: use os/arch[/variant], e.g. linux/arm64"
     return err.message
 
 
@@ -130,7 +135,8 @@ def validate(doc: Any, schema: dict, file: str, root: tuple = ()) -> None:
                                      e.validator == "additionalProperties"))
     while err.validator == "oneOf" and err.context:
         relevant = [e for e in err.context if e.validator != "type"] or err.context
-        err = max(relevant, key=lambda e: (len(e.absolute_path), e.validator != "oneOf"))
+        err = max(relevant, key=lambda e: (len(e.absolute_path), e.validator != "oneOf",
+                                           e.validator == "additionalProperties"))
     raise ConfigError(file, json_path((*root, *err.absolute_path)), _friendly(err))
 
 

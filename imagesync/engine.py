@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from .errors import ImagesyncError, NotFoundError
+from .errors import AuthError, ImagesyncError, NotFoundError, RegistryError
 from .graph import ImageTask, image_tasks
 from .manifest import Descriptor, Manifest, ManifestError, filter_index, image_platform
 from .pool import Pool
@@ -80,6 +80,7 @@ class Engine:
         limit = asyncio.Semaphore(self.options.images_in_flight or self.pool.size * 2)
         seq = 0
         running: set[asyncio.Task[None]] = set()
+        claimed: dict[Reference, Reference] = {}  # destination -> the source writing it
 
         async def run_image(task: ImageTask) -> None:
             try:
@@ -104,7 +105,12 @@ class Engine:
                                    for t in concrete.targets)
                     self.log.error("rule failed", rule=rule.key, error=err)
                     continue
-                tasks = image_tasks(concrete, tags, seq)
+                bad: list[tuple[Reference, str, str]] = []
+                tasks = self._claim(image_tasks(concrete, tags, seq, bad), claimed, results)
+                for source, dest_name, err in bad:
+                    self.log.error("failed", source=str(source), destination=dest_name,
+                                   error=err)
+                    results.append(Result(str(source), dest_name, FAILED, error=err))
                 seq += len(tasks) + 1
                 if not tasks:
                     self.log.warning("no tags selected", rule=rule.key,
@@ -117,6 +123,27 @@ class Engine:
         await asyncio.gather(*running)
         return results + [r for seq in sorted(by_task) for r in by_task[seq]]
 
+    def _claim(self, tasks: list[ImageTask], claimed: dict[Reference, Reference],
+               results: list[Result]) -> list[ImageTask]:
+        """One source per destination tag: a second source mapped to the same destination
+        (say a tag_template without {tag}) fails instead of silently overwriting."""
+        out = []
+        for task in tasks:
+            keep = []
+            for dest in task.destinations:
+                first = claimed.setdefault(dest, task.source) if dest.tag else task.source
+                if first == task.source:
+                    keep.append(dest)
+                    continue
+                err = (f"{first} is also copied to {dest} by this run: two sources for one "
+                       "destination tag (give tag_template a {tag})")
+                self.log.error("failed", source=str(task.source), destination=str(dest),
+                               error=err)
+                results.append(Result(str(task.source), str(dest), FAILED, error=err))
+            if keep:
+                out.append(replace(task, destinations=tuple(keep)))
+        return out
+
     async def _expand(self, rule: Rule) -> list[tuple[Rule, list[str] | BaseException | None]]:
         """A rule -> its concrete repositories, each with its tag listing (or the error)."""
         rules = [rule]
@@ -125,10 +152,17 @@ class Engine:
             try:
                 async with self.pool.slot(-1):
                     paths = await store.list_repositories()
+            except AuthError as e:
+                raise AuthError(f"rule {rule.key!r}: {rule.registry} refuses to list its "
+                                f"repositories ({e}); name the repositories one by one "
+                                "instead", status=e.status) from None
+            except NotFoundError as e:
+                raise NotFoundError(f"rule {rule.key!r}: {rule.registry} has no catalog "
+                                    f"({e}); name the repositories one by one instead",
+                                    status=e.status) from None
             except Exception as e:
-                raise type(e)(f"cannot list the repositories of {rule.registry} for rule "
-                              f"{rule.key!r} ({describe_error(e)}): the registry refuses its "
-                              "catalog; name the repositories one by one instead") from None
+                raise RegistryError(f"rule {rule.key!r}: cannot list the repositories of "
+                                    f"{rule.registry}: {describe_error(e)}") from None
             rules = [rule.for_repository(p) for p in sorted(paths) if rule.wants_repository(p)]
         listings = await asyncio.gather(*(self._list(r) for r in rules), return_exceptions=True)
         return list(zip(rules, listings, strict=True))
@@ -301,6 +335,11 @@ class Engine:
                 self._holders.setdefault(store_key, dst.path)
                 return 0
         if self.options.dry_run:
+            # Count what a real run would send: a blob another repository of this
+            # registry has (or will have by then) would be mounted, not uploaded.
+            if src.store_name == dst.store_name or store_key in self._holders:
+                return 0
+            self._holders[store_key] = dst.path
             return desc.size
         # Another repository of this registry is receiving the same blob right now: wait
         # for it (holding no slot), then mount from there instead of sending it twice.

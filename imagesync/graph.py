@@ -21,8 +21,11 @@ class ImageTask:
     destinations: tuple[Reference, ...]  # tag, or neither tag nor digest: push by digest only
 
 
-def image_tasks(rule: Rule, source_tags: list[str] | None, first_seq: int) -> list[ImageTask]:
-    """Expand one rule. ``source_tags`` is the listing when the rule needs one."""
+def image_tasks(rule: Rule, source_tags: list[str] | None, first_seq: int,
+                errors: list[tuple[Reference, str, str]] | None = None) -> list[ImageTask]:
+    """Expand one rule. ``source_tags`` is the listing when the rule needs one. A tag
+    whose destination cannot be named (a template giving an invalid tag) goes to
+    ``errors`` as (source, destination repository, reason) instead."""
     sel = rule.selector
     if sel.digest:
         dests = tuple(Reference(t.registry, t.repository, t.tags[0] if t.tags else None)
@@ -31,7 +34,13 @@ def image_tasks(rule: Rule, source_tags: list[str] | None, first_seq: int) -> li
     tags = list(sel.tags) if sel.tags else sel.select(source_tags or [])
     tasks = []
     for i, tag in enumerate(tags):
-        dests = tuple(Reference(t.registry, t.repository, rule.destination_tag(t, tag, i))
-                      for t in rule.targets)
+        try:
+            dests = tuple(Reference(t.registry, t.repository, rule.destination_tag(t, tag, i))
+                          for t in rule.targets)
+        except ValueError as e:
+            if errors is None:
+                raise
+            errors.extend((source_reference(rule, tag), t.name, str(e)) for t in rule.targets)
+            continue
         tasks.append(ImageTask(first_seq + i, rule, source_reference(rule, tag), dests))
     return tasks

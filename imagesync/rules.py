@@ -122,9 +122,13 @@ def render_tag(template: str, tag: str, repository: str, now: float | None = Non
     """``{tag}``, ``{repo}`` (last path part), ``{timestamp}`` (UTC, YYYYmmddHHMMSS),
     ``{date}`` (YYYYmmdd)."""
     t = time.gmtime(now if now is not None else time.time())
-    out = template.format(tag=tag, repo=repository.rsplit("/", 1)[-1],
-                          timestamp=time.strftime("%Y%m%d%H%M%S", t),
-                          date=time.strftime("%Y%m%d", t))
+    try:
+        out = template.format(tag=tag, repo=repository.rsplit("/", 1)[-1],
+                              timestamp=time.strftime("%Y%m%d%H%M%S", t),
+                              date=time.strftime("%Y%m%d", t))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"tag_template {template!r}: unknown or malformed placeholder "
+                         f"({e}); use {{tag}}, {{repo}}, {{timestamp}}, {{date}}") from None
     if not TAG_RE.match(out):
         raise ValueError(f"tag_template {template!r} gives {out!r}, which is not a valid tag")
     return out
@@ -222,9 +226,14 @@ def _parse_options(rule: Rule, doc: dict, oses: tuple[str, ...],
     template = doc.get("tag_template")
     if template is not None:
         render_tag(template, "1.0", "repo", 0)  # fail at load time, not mid-run
-    excludes = tuple(re.compile(p) for p in doc.get("exclude_repos") or ())
+    excludes = []
+    for p in doc.get("exclude_repos") or ():
+        try:
+            excludes.append(re.compile(p))
+        except re.error as e:
+            raise ValueError(f"exclude_repos: invalid regex {p!r}: {e}") from None
     return replace(rule, selector=selector, overwrite=doc.get("overwrite", True),
-                   platforms=platforms, tag_template=template, exclude_repos=excludes)
+                   platforms=platforms, tag_template=template, exclude_repos=tuple(excludes))
 
 
 def parse_rule(key: str, value: object, defaults: Defaults = NO_DEFAULTS,

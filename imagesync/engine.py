@@ -22,7 +22,7 @@ from .graph import ImageTask, image_tasks
 from .manifest import Descriptor, Manifest, ManifestError, filter_index, image_platform
 from .pool import Pool
 from .reference import Reference
-from .report import CONFLICT, FAILED, SKIPPED, SYNCED, Result
+from .report import CONFLICT, FAILED, SAME_DIGEST, SKIPPED, SYNCED, Result
 from .rules import Rule
 from .store import Repository, Store
 
@@ -222,13 +222,12 @@ class Engine:
             async with self.pool.slot(seq):
                 have = await dst.head_manifest(dest.tag or digest)
             if have is not None and have.digest == digest and not self.options.force:
-                return result(SKIPPED, digest, note="destination has the same digest")
+                return result(SKIPPED, digest, note=SAME_DIGEST)
             manifest, note = await self._selected(run, digest)
             if manifest is None:
                 return result(SKIPPED, digest, note=note)
             if have is not None and have.digest == manifest.digest and not self.options.force:
-                return result(SKIPPED, manifest.digest, note=note or "destination has the "
-                              "same digest")
+                return result(SKIPPED, manifest.digest, note=note or SAME_DIGEST)
             if have is not None and have.digest != manifest.digest and not rule.overwrite:
                 return result(CONFLICT, manifest.digest, error=(
                     f"{dest} already points at {have.digest} and the rule says overwrite: "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 SYNCED, SKIPPED, FAILED, CONFLICT = "synced", "skipped", "failed", "conflict"
+SAME_DIGEST = "destination has the same digest"
 
 
 @dataclass
@@ -74,15 +75,19 @@ def render(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
         out.write(f"failed ({len(failed)}):\n")
         for r in failed:
             out.write(f"  {r.source} -> {r.destination}: {r.error}\n")
-    notes = [r for r in results if r.note and "digest changed" in r.note]
-    for r in notes:
-        out.write(f"note: {r.destination}: {r.note}\n")
+    # Say why an image was skipped when it is not the usual "already there", and when an
+    # index was pushed with a new digest: both surprise people reading only the summary.
+    for r in results:
+        if r.note and r.note != SAME_DIGEST:
+            out.write(f"note: {r.destination}: {r.note}\n")
 
 
 def _render_plan(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
     for r in results:
         word = _PLAN_WORDS.get(r.status, r.status)
         extra = human_bytes(r.bytes) if r.status == SYNCED else (r.error or r.note or "")
+        if r.status == SYNCED and r.note:
+            extra += f"; {r.note}"
         out.write(f"{word:<8} {r.source} -> {r.destination}  {extra}\n".rstrip() + "\n")
     out.write(
         f"dry run: {summary.synced} to copy, {summary.skipped} to skip, "

@@ -569,6 +569,18 @@ def test_unselected_single_platform_image_and_index_are_skipped(tmp_path, src_re
     assert dst_api.catalog() == ["single"] and dst_api.tags("single") == ["v2"]
 
 
+def test_skip_reasons_and_subset_digest_change_are_printed(tmp_path, src_registry,
+                                                           dst_registry, src_api):
+    push_random_image(src_api, "single", "v1", SMALL, platform=("linux", "amd64"))
+    push_index(src_api, "multi", "v1", layer_sizes=SMALL)
+    s, d = src_registry.host, dst_registry.host
+    cfg = {"images": {f"{s}/single": f"{d}/single", f"{s}/multi": f"{d}/multi"}}
+    plan = run_cli(tmp_path, cfg, "--dry-run", "--arch", "arm64")
+    assert "digest changed" in plan.stdout or "new index" in plan.stdout, plan.stdout
+    run = run_cli(tmp_path, cfg, "--arch", "arm64")
+    assert "platform linux/amd64 not selected" in run.stdout, run.stdout
+
+
 # -- overwrite policy and --force -----------------------------------------------------------
 
 def test_overwrite_false_conflicts_default_moves_the_tag(tmp_path, src_registry, dst_registry,
@@ -640,7 +652,7 @@ def test_dry_run_writes_nothing_and_predicts_the_bytes(tmp_path, src_registry, d
         ["copy", f"{s}/app:v2", "->", f"{d}/app:v2"],
         ["copy", f"{s}/multi:v1", "->", f"{d}/multi:v1"],
         ["copy", f"{s}/tools/cli:v1", "->", f"{d}/backup/tools/cli:v1"]])
-    assert all(re.search(r"\d+(\.\d)? (B|KiB)$", line) for line in lines[:-1]), lines
+    assert all(re.search(r"\d+(\.\d)? (B|KiB)(; .*)?$", line) for line in lines[:-1]), lines
     assert re.match(r"dry run: 4 to copy, 0 to skip, 0 conflicts, 0 errors; "
                     r"[\d.]+ KiB would move; nothing was written$", lines[-1]), lines[-1]
     summary = plan.report["summary"]

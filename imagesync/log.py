@@ -24,6 +24,13 @@ class Redactor:
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
 
+    def add(self, *secrets: str) -> None:
+        """Mask these too from now on: credentials obtained during the run (Docker config,
+        credential helpers, cloud tokens) are added as soon as they are known."""
+        new = {s for s in secrets if s and len(s) >= 3} - set(self._secrets)
+        if new:
+            self._secrets = sorted({*self._secrets, *new}, key=len, reverse=True)
+
     def __call__(self, text: str) -> str:
         for s in self._secrets:
             if s in text:

@@ -25,8 +25,17 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from .auth import AuthEntry, BearerTokens, Challenge, CredentialStore, basic_header
+from .auth import (
+    AuthEntry,
+    BearerTokens,
+    Challenge,
+    Credential,
+    CredentialStore,
+    basic_header,
+    scope_repository,
+)
 from .errors import AuthError, NotFoundError, RegistryError, TransientError
+from .ratelimit import RateLimiter
 from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
 
 T = TypeVar("T")
@@ -67,7 +76,9 @@ class RetryPolicy:
     max_retry_after: float = 120.0
 
     def wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=self.initial, max=self.maximum)(state)
+        # initial * 2^n plus up to `initial` of jitter, capped.
+        backoff = wait_exponential_jitter(multiplier=self.initial, jitter=self.initial,
+                                          max=self.maximum)(state)
         exc = state.outcome.exception() if state.outcome else None
         after = getattr(exc, "retry_after", None)
         if after is not None:
@@ -82,14 +93,9 @@ class Endpoint:
     registry: str
     base: str
     ssl: ssl.SSLContext | bool
-    entry: AuthEntry | None
+    entry: AuthEntry | None  # the entry that set TLS options / endpoint, if any
     tokens: BearerTokens
     challenge: Challenge | None = None
-
-    def credential_source(self) -> str:
-        if self.entry and self.entry.has_credentials:
-            return self.entry.describe()
-        return "anonymous access (no auth entry matches)"
 
 
 @dataclass
@@ -110,8 +116,14 @@ class Transport:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     connections: int = 64
     log: Any = field(default_factory=structlog.get_logger)
+    ratelimits: RateLimiter = field(default_factory=RateLimiter)
+    auth_retries: int = 0  # requests repeated after a 401 (tests: no storms)
     _session: aiohttp.ClientSession | None = None
     _endpoints: dict[str, asyncio.Future[Endpoint]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ratelimits.log is None:
+            self.ratelimits.log = self.log
 
     async def __aenter__(self) -> Transport:
         connector = aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300)
@@ -149,6 +161,10 @@ class Transport:
         raise AssertionError("unreachable")
 
     # -- endpoints -----------------------------------------------------------------
+    def endpoint_base(self, registry: str) -> str:
+        """Base URL of a registry already reached (relative Locations resolve against it)."""
+        return self._endpoints[registry].result().base
+
     async def endpoint(self, registry: str) -> Endpoint:
         fut = self._endpoints.get(registry)
         if fut is None:
@@ -167,12 +183,27 @@ class Transport:
     async def _discover(self, registry: str) -> Endpoint:
         entry = self.credentials.registry_entry(registry)
         host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
-        insecure = bool(entry and entry.insecure) or _is_loopback(host)
+        scheme = None
+        if entry and entry.endpoint:
+            host, scheme = _split_endpoint(entry.endpoint)
+        insecure = bool(entry and entry.insecure)
         ctx: ssl.SSLContext | bool = False if insecure else True
-        if entry and (entry.ca_file or entry.cert_file) and not (entry.insecure):
-            ctx = await asyncio.to_thread(_ssl_context, entry)
-        candidates = [f"https://{host}"] + ([f"http://{host}"] if insecure else [])
+        if entry and (entry.ca_file or entry.cert_file) and not insecure:
+            try:
+                ctx = await asyncio.to_thread(_ssl_context, entry)
+            except (OSError, ssl.SSLError) as e:
+                raise RegistryError(f"{registry}: cannot load the TLS files of "
+                                    f"{entry.where}: {e}") from None
+        if scheme:
+            candidates = [f"{scheme}://{host}"]
+        else:
+            # Like Docker: HTTPS first; plain HTTP only for insecure and loopback registries.
+            # Loopback does not skip certificate checks: a TLS registry there still needs
+            # ca_file (or insecure: true).
+            plain = insecure or _is_loopback(host)
+            candidates = [f"https://{host}"] + ([f"http://{host}"] if plain else [])
         last: BaseException | None = None
+        untrusted: aiohttp.ClientConnectorCertificateError | None = None
         for base in candidates:
             try:
                 async with self.session.get(f"{base}/v2/", ssl=ctx,
@@ -183,21 +214,36 @@ class Transport:
                     if resp.status in RETRYABLE_STATUS:
                         raise TransientError(f"{registry}: /v2/ answered {resp.status}",
                                              parse_retry_after(resp.headers.get("Retry-After")))
+                    if base.startswith("http:") and not scheme and not _speaks_registry(resp):
+                        # e.g. Go's "400 Client sent an HTTP request to an HTTPS server"
+                        continue
+            except aiohttp.ClientConnectorCertificateError as e:
+                last = untrusted = e
+                continue
             except (aiohttp.ClientSSLError, aiohttp.ClientConnectorError,
                     aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 last = e
                 continue
-            tokens = BearerTokens(registry, entry, self._fetch_token_for(ctx))
+            tokens = BearerTokens(registry, self._fetch_token_for(ctx))
             self.log.debug("endpoint", registry=registry, base=base,
                            auth=challenge.scheme if challenge else "none")
             return Endpoint(registry, base, ctx, entry, tokens, challenge)
+        if untrusted is not None:
+            where = entry.where if entry else f"an auth entry {registry!r}"
+            raise RegistryError(
+                f"{registry}: TLS certificate not trusted ({_cert_reason(untrusted)}): set "
+                f"ca_file in {where} to the CA that signed it, or insecure: true")
         raise TransientError(f"{registry}: cannot connect ({_describe(last)})")
 
     def _fetch_token_for(self, ctx: ssl.SSLContext | bool):
-        async def fetch(realm: str, params: list[tuple[str, str]], authz: str | None) -> dict:
+        async def fetch(method: str, realm: str, params: list[tuple[str, str]],
+                        authz: str | None) -> dict:
             headers = {"Authorization": authz} if authz else {}
-            async with self.session.get(realm, params=params, headers=headers,
-                                        ssl=ctx) as resp:
+            if method == "POST":  # OAuth2: the form carries the (refresh) token
+                call = self.session.post(realm, data=params, headers=headers, ssl=ctx)
+            else:
+                call = self.session.get(realm, params=params, headers=headers, ssl=ctx)
+            async with call as resp:
                 body = await resp.read()
                 if resp.status in (401, 403):
                     raise AuthError(f"token server refused the credentials ({resp.status})",
@@ -206,26 +252,50 @@ class Transport:
                     raise TransientError(f"token server answered {resp.status}",
                                          parse_retry_after(resp.headers.get("Retry-After")))
                 if resp.status != 200:
-                    raise AuthError(f"token server answered {resp.status}", status=resp.status)
+                    code = _oauth_error(body)
+                    status = 401 if code == "invalid_grant" else resp.status
+                    raise AuthError(f"token server answered {resp.status}"
+                                    + (f" ({code})" if code else ""), status=status)
                 try:
-                    return json.loads(body)
+                    answer = json.loads(body)
                 except ValueError as e:
                     raise AuthError("token server answered with invalid JSON") from e
+                if not isinstance(answer, dict):
+                    raise AuthError("token server answered with invalid JSON")
+                return answer
         return fetch
 
-    async def _authorization(self, ep: Endpoint, scopes: Sequence[str]) -> str | None:
+    async def _credential(self, ep: Endpoint, scopes: Sequence[str]) -> Credential | None:
+        try:
+            return await self.credentials.resolve(ep.registry, scope_repository(scopes))
+        except AuthError as e:
+            raise AuthError(f"{ep.registry}: {e}", status=e.status) from None
+
+    async def _authorization(self, ep: Endpoint, scopes: Sequence[str]
+                             ) -> tuple[str | None, Credential | None]:
+        """The ``Authorization`` value for a request (None: none) and the credential used."""
         ch = ep.challenge
         if ch is None:
-            return None
+            return None, None
+        cred = await self._credential(ep, scopes)
         if ch.scheme == "bearer":
-            try:
-                return "Bearer " + await ep.tokens.get(ch, scopes)
-            except AuthError as e:
-                raise AuthError(f"{ep.registry}: {e} using {ep.credential_source()}",
-                                status=e.status) from None
-        if ch.scheme == "basic" and ep.entry and ep.entry.username is not None:
-            return basic_header(ep.entry.username, ep.entry.password or "")
-        return None
+            for attempt in (1, 2):
+                try:
+                    return "Bearer " + await ep.tokens.get(ch, scopes, cred), cred
+                except AuthError as e:
+                    # A short-lived credential (helper, cloud) the token server refuses may
+                    # just have expired early: fetch it anew, once.
+                    if (attempt == 1 and e.status == 401 and cred is not None
+                            and self.credentials.invalidate(ep.registry,
+                                                            scope_repository(scopes), cred)):
+                        cred = await self._credential(ep, scopes)
+                        continue
+                    raise AuthError(f"{ep.registry}: {e} using "
+                                    f"{self.credentials.describe(ep.registry, cred)}",
+                                    status=e.status) from None
+        if ch.scheme == "basic" and cred is not None and cred.username is not None:
+            return basic_header(cred.username, cred.password or ""), cred
+        return None, cred
 
     # -- requests ------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -234,32 +304,45 @@ class Transport:
         headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
         data: Any = None, ok: Sequence[int] = (200,),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request, authorised, answered with one of ``ok`` (else a typed error)."""
+        """One request, authorised, answered with one of ``ok`` (else a typed error).
+
+        ``scopes``: what the bearer token must grant, e.g. ``repository:a/b:pull``; the
+        first repository scope also picks the credential (longest-prefix auth entry).
+        A cross-repository mount passes :func:`imagesync.auth.mount_scopes`.
+        """
         ep = await self.endpoint(registry)
         url = path if path.startswith(("http://", "https://")) else urljoin(ep.base, path)
         replayable = data is None or isinstance(data, bytes | str)
         for attempt in (1, 2):
-            authz = await self._authorization(ep, scopes)
+            authz, cred = await self._authorization(ep, scopes)
             hdrs = dict(headers or {})
             if authz:
                 hdrs["Authorization"] = authz
+            await self.ratelimits.before(registry, method, _short(url))
             resp = await self.session.request(method, url, headers=hdrs, params=params,
                                               data=data, ssl=ep.ssl)
+            self.ratelimits.observe(registry, resp.headers)
             if resp.status == 401 and attempt == 1:
                 challenge = Challenge.parse(resp.headers.get("WWW-Authenticate"))
                 resp.release()
                 if challenge is None:
                     break
+                self.auth_retries += 1
                 if authz and authz.startswith("Bearer "):
-                    ep.tokens.invalidate(scopes, authz[7:])
+                    ep.tokens.invalidate(scopes, authz[7:], cred)
+                elif cred is not None:
+                    self.credentials.invalidate(registry, scope_repository(scopes), cred)
                 ep.challenge = challenge
+                wanted = challenge.params.get("scope") if challenge.scheme == "bearer" else None
+                if wanted:  # the registry says what it needs (e.g. pull on a mount's source)
+                    scopes = list(dict.fromkeys([*scopes, *wanted.split()]))
                 if not replayable:
                     raise TransientError(f"{method} {_short(url)}: token expired mid-request")
                 continue
             break
         try:
             if resp.status not in ok:
-                await self._raise_for(resp, ep, method, url, scopes)
+                await self._raise_for(resp, ep, method, url, scopes, cred)
             yield resp
         finally:
             resp.release()
@@ -272,7 +355,8 @@ class Transport:
         return await self.retrying(once, f"{method} {registry}{path}")
 
     async def _raise_for(self, resp: aiohttp.ClientResponse, ep: Endpoint, method: str,
-                         url: str, scopes: Sequence[str]) -> None:
+                         url: str, scopes: Sequence[str],
+                         cred: Credential | None = None) -> None:
         status = resp.status
         body = await resp.read() if method != "HEAD" else b""
         code, detail = _error_detail(body)
@@ -284,7 +368,8 @@ class Transport:
             verb = "authentication failed" if status == 401 else "access denied"
             need = ", ".join(scopes) or "access"
             raise AuthError(f"{ep.registry}: {verb} ({status}) for {need} using "
-                            f"{ep.credential_source()}", status=status, code=code)
+                            f"{self.credentials.describe(ep.registry, cred)}",
+                            status=status, code=code)
         if status == 404:
             raise NotFoundError(f"{what}: not found ({code or 404})", status=status, code=code)
         raise RegistryError(f"{what}: {status} {code or ''} {detail}".strip(),
@@ -322,7 +407,37 @@ def _is_loopback(host: str) -> bool:
 
 
 def _ssl_context(entry: AuthEntry) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=entry.ca_file)
+    """System trust plus the entry's private CA (token realms are often on public hosts),
+    and the client certificate for mutual TLS."""
+    ctx = ssl.create_default_context()
+    if entry.ca_file:
+        ctx.load_verify_locations(cafile=entry.ca_file)
     if entry.cert_file:
         ctx.load_cert_chain(entry.cert_file, entry.key_file)
     return ctx
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, str | None]:
+    """``https://h:1/`` -> (h:1, https); ``h:1`` -> (h:1, None: try https, then http)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return endpoint.rstrip("/"), None
+    return rest.split("/", 1)[0], scheme.lower()
+
+
+def _speaks_registry(resp: aiohttp.ClientResponse) -> bool:
+    return (resp.status in (200, 401, 403)
+            or "Docker-Distribution-API-Version" in resp.headers)
+
+
+def _cert_reason(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    err = getattr(exc, "certificate_error", None)
+    return str(getattr(err, "verify_message", None) or err or "certificate verify failed")
+
+
+def _oauth_error(body: bytes) -> str | None:
+    try:
+        code = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) and len(code) < 64 else None

@@ -100,3 +100,10 @@ def token_issuer(token_issuer_factory: TokenIssuerFactory) -> TokenIssuer:
 def token_registry(registry_factory: RegistryFactory, token_issuer: TokenIssuer) -> LocalRegistry:
     """Plain-HTTP registry delegating auth to ``token_issuer``."""
     return registry_factory(token=token_issuer, name="token")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_docker_config(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """imagesync falls back to Docker's config.json: never read the developer's own."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("docker-config")))

@@ -1,0 +1,70 @@
+"""Google Artifact Registry / Container Registry via Application Default Credentials.
+
+Without this module, GCP registries already work with basic credentials, as with
+``docker login``: ``username: oauth2accesstoken`` + ``password: <access token>``, or
+``username: _json_key`` + ``password_file: key.json`` (a service-account key).
+
+``gcp_adc: true`` instead asks google-auth (optional extra ``imagesync[gcp]``) for an
+access token from Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``,
+gcloud's user credentials, or the metadata server) and refreshes it before it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..auth import AuthEntry, Credential, SecretSink
+from ..errors import AuthError, TransientError
+
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+#: Fetch a new access token this long before the current one expires (Google's live 1 h).
+REFRESH_BEFORE = 300.0
+USERNAME = "oauth2accesstoken"
+
+
+class GCPProvider:
+    def __init__(self, entry: AuthEntry, on_secret: SecretSink, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.entry = entry
+        self.on_secret = on_secret
+        self.clock, self.wall = clock, wall
+        self._creds: Any = None
+        self.calls = 0
+
+    async def fetch(self) -> Credential:
+        self.calls += 1
+        token, expiry = await asyncio.to_thread(self._refresh)
+        self.on_secret(token)
+        lifetime = (expiry - self.wall()) if expiry else 3600.0
+        refresh_in = max(lifetime - min(REFRESH_BEFORE, lifetime / 4), 10.0)
+        return Credential(USERNAME, token,
+                          source=f"Google Application Default Credentials for {self.entry.where}",
+                          expires_at=self.clock() + refresh_in)
+
+    def _refresh(self) -> tuple[str, float | None]:
+        try:
+            import google.auth
+            import google.auth.exceptions
+            import google.auth.transport.requests
+        except ImportError:
+            raise AuthError(f"{self.entry.where}: gcp_adc needs google-auth: "
+                            "pip install 'imagesync[gcp]'") from None
+        try:
+            if self._creds is None:
+                self._creds, _project = google.auth.default(scopes=list(SCOPES))
+            self._creds.refresh(google.auth.transport.requests.Request())
+        except google.auth.exceptions.TransportError as e:
+            raise TransientError(f"Google Application Default Credentials: {e}") from None
+        except google.auth.exceptions.GoogleAuthError as e:
+            raise AuthError(f"Google Application Default Credentials: {e}") from None
+        token = self._creds.token
+        if not token:
+            raise AuthError("Google Application Default Credentials gave no access token")
+        expiry = self._creds.expiry  # naive UTC datetime, or None
+        when = expiry.replace(tzinfo=dt.timezone.utc).timestamp() if expiry else None
+        return token, when

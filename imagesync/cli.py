@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy only these OSes from multi-platform images (repeatable)")
     p.add_argument("--arch", action="append", default=[], metavar="ARCH[:VARIANT]",
                    help="copy only these architectures (repeatable), e.g. arm64 or arm:v7")
+    p.add_argument("--per-registry", type=_positive, default=0, metavar="N",
+                   help="at most N connections to any one registry (default: no cap "
+                   "beyond --proc)")
     p.add_argument("--chunk-size", type=_positive, default=MONOLITHIC_MAX, metavar="BYTES",
                    help="blobs above this size are uploaded in resumable chunks of this "
                    f"size (default {MONOLITHIC_MAX >> 20} MiB)")
@@ -103,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_USAGE
         log = make_logger(redact, stream, args.verbose)
         settings = Settings(proc=args.proc, retries=args.retries, force=args.force,
-                            dry_run=args.dry_run, chunk_size=args.chunk_size or MONOLITHIC_MAX)
+                            dry_run=args.dry_run, chunk_size=args.chunk_size or MONOLITHIC_MAX,
+                            per_registry=args.per_registry)
         try:
             outcome = asyncio.run(sync(cfg, settings, log, credentials))
         except KeyboardInterrupt:

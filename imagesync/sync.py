@@ -23,6 +23,7 @@ class Settings:
     force: bool = False
     dry_run: bool = False
     chunk_size: int = MONOLITHIC_MAX
+    per_registry: int = 0  # connections to one registry at most (0: no cap but --proc)
     backoff_initial: float = 0.5  # tests shrink this
 
 
@@ -41,7 +42,8 @@ async def sync(cfg: Config, settings: Settings, log: Any,
     if credentials is None:
         credentials = CredentialStore.from_environment(cfg.auth)
     async with Transport(credentials, policy,
-                         connections=max(16, settings.proc * 4), log=log) as transport:
+                         connections=max(16, settings.proc * 4),
+                         per_registry=settings.per_registry, log=log) as transport:
         registries: dict[str, Registry] = {}
 
         def store(name: str) -> Registry:

@@ -96,6 +96,26 @@ class Endpoint:
     entry: AuthEntry | None  # the entry that set TLS options / endpoint, if any
     tokens: BearerTokens
     challenge: Challenge | None = None
+    gate: HostGate = field(default_factory=lambda: HostGate())
+
+
+@dataclass
+class HostGate:
+    """Shared backoff for one registry: after a 429 or 503, every request to it waits
+    until the registry's ``Retry-After`` has passed, not just the one that was refused.
+    Requests to other registries are not affected."""
+
+    not_before: float = 0.0
+    holds: int = 0  # how often the registry asked us to back off (tests, logs)
+
+    def hold(self, seconds: float) -> None:
+        self.holds += 1
+        self.not_before = max(self.not_before, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        delay = self.not_before - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 @dataclass
@@ -115,6 +135,7 @@ class Transport:
     credentials: CredentialStore
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     connections: int = 64
+    per_registry: int = 0  # cap on connections to one registry host (0: only the total)
     log: Any = field(default_factory=structlog.get_logger)
     ratelimits: RateLimiter = field(default_factory=RateLimiter)
     auth_retries: int = 0  # requests repeated after a 401 (tests: no storms)
@@ -126,7 +147,8 @@ class Transport:
             self.ratelimits.log = self.log
 
     async def __aenter__(self) -> Transport:
-        connector = aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=self.connections,
+                                         limit_per_host=self.per_registry, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
@@ -319,6 +341,7 @@ class Transport:
             if authz:
                 hdrs["Authorization"] = authz
             await self.ratelimits.before(registry, method, _short(url))
+            await ep.gate.wait()
             resp = await self.session.request(method, url, headers=hdrs, params=params,
                                               data=data, ssl=ep.ssl)
             self.ratelimits.observe(registry, resp.headers)
@@ -362,8 +385,12 @@ class Transport:
         code, detail = _error_detail(body)
         what = f"{method} {_short(url)}"
         if status in RETRYABLE_STATUS:
-            raise TransientError(f"{what}: {status} {detail}".strip(),
-                                 parse_retry_after(resp.headers.get("Retry-After")))
+            after = parse_retry_after(resp.headers.get("Retry-After"))
+            if status in (429, 503):
+                # The registry is throttling or overloaded: hold every request to it.
+                ep.gate.hold(min(after if after is not None else self.policy.initial,
+                                 self.policy.max_retry_after))
+            raise TransientError(f"{what}: {status} {detail}".strip(), after)
         if status in (401, 403):
             verb = "authentication failed" if status == 401 else "access denied"
             need = ", ".join(scopes) or "access"

@@ -127,3 +127,20 @@ def test_source_serving_corrupt_bytes_fails_that_image(tmp_path, src_registry, d
     api = RegistryAPI(dst_registry)
     assert api.head_manifest("app", "v0") is None
     assert not api.blob_exists("app", bad)
+
+
+def test_429_holds_every_request_to_that_registry(tmp_path, src_registry, dst_registry,
+                                                  src_proxy):
+    _images(RegistryAPI(src_registry), n=4)
+    src_proxy.add(Fault(method="GET", path=r"/blobs/", status=429,
+                        headers={"Retry-After": "2"}, times=1))
+    run = run_cli(tmp_path, _rule(src_proxy.host, dst_registry.host), "--proc", "8")
+    assert run.code == 0, run.stdout
+    seen = list(src_proxy.requests)
+    refused = next(s for s in seen if s.status == 429)
+    later = [s for s in seen if s.at > refused.at]
+    assert later, "the run went on after the 429"
+    # Not only the refused request: nothing at all went to that registry until the
+    # Retry-After had passed (requests already in flight at the time excepted).
+    started_after = [s.at - refused.at for s in later if s.at - refused.at > 0.05]
+    assert started_after and min(started_after) >= 1.9

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.certs import CertAuthority
+from tests.support.images import RegistryAPI
 from tests.support.registry import (
     INSTALL_HINT,
     LocalRegistry,
@@ -65,6 +66,17 @@ def src_registry(registry_factory: RegistryFactory) -> LocalRegistry:
 @pytest.fixture
 def dst_registry(registry_factory: RegistryFactory) -> LocalRegistry:
     return registry_factory(name="dst")
+
+
+@pytest.fixture
+def src_api(src_registry: LocalRegistry) -> RegistryAPI:
+    """Seeding/inspection client for ``src_registry``."""
+    return RegistryAPI(src_registry)
+
+
+@pytest.fixture
+def dst_api(dst_registry: LocalRegistry) -> RegistryAPI:
+    return RegistryAPI(dst_registry)
 
 
 @pytest.fixture

@@ -38,15 +38,6 @@ from tests.support.tokenserver import TEST_USER
 SMALL = (512,)  # one layer of 512 bytes: these tests are about rules, not throughput
 
 
-@pytest.fixture
-def src_api(src_registry: LocalRegistry) -> RegistryAPI:
-    return RegistryAPI(src_registry)
-
-
-@pytest.fixture
-def dst_api(dst_registry: LocalRegistry) -> RegistryAPI:
-    return RegistryAPI(dst_registry)
-
 
 def log_mark(reg: LocalRegistry) -> int:
     return len(reg.log_file.read_text())

@@ -14,16 +14,6 @@ from tests.support.images import RegistryAPI, push_index, push_random_image
 from tests.support.registry import LocalRegistry
 
 
-@pytest.fixture
-def src_api(src_registry: LocalRegistry) -> RegistryAPI:
-    return RegistryAPI(src_registry)
-
-
-@pytest.fixture
-def dst_api(dst_registry: LocalRegistry) -> RegistryAPI:
-    return RegistryAPI(dst_registry)
-
-
 def requests_since(reg: LocalRegistry, mark: int) -> list[str]:
     """``"METHOD /path?query"`` of every request the registry served after ``mark``,
     without the once-per-run ``GET /v2/`` ping."""

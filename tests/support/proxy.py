@@ -10,8 +10,8 @@ Network shaping, per direction, for every byte (a delay line, so throughput is n
 throttled by the latency, only delayed):
 
 * ``latency``: seconds added to each direction (0.025 -> 50 ms round trip);
-* ``connect_delay``: extra wait before a new connection's first bytes are relayed,
-  modelling the TCP handshake (default: one round trip, ``2 * latency``);
+* ``connect_delay``: extra wait before a new connection's first bytes are relayed, to
+  model the TCP handshake's round trip (``2 * latency``); default 0, like toxiproxy;
 * ``bandwidth``: bytes per second per direction, shared by all connections (None: no cap).
 
 Faults, matched against each request's method and target (path and query) in the order
@@ -75,6 +75,7 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes | None = None
     reset_after: int | None = None
+    reset_request_after: int | None = None
     stall: float = 0.0
     stall_after: int | None = None
     drop: bool = False
@@ -130,7 +131,7 @@ class _Line:
     which is how resets and stalls stay in sequence with the bytes before them.
     """
 
-    def __init__(self, writer: asyncio.StreamWriter, delay: float,
+    def __init__(self, writer: asyncio.StreamWriter, delay: Callable[[], float],
                  throttle: _Throttle | None) -> None:
         self.writer = writer
         self.delay = delay
@@ -144,7 +145,7 @@ class _Line:
             raise ConnectionResetError(f"peer went away: {self.failed!r}")
         if self.task.done():
             raise ConnectionResetError("line closed")
-        await self.queue.put((asyncio.get_running_loop().time() + self.delay, item))
+        await self.queue.put((asyncio.get_running_loop().time() + self.delay(), item))
 
     async def finish(self) -> None:
         """Flush everything queued so far (after its delay)."""
@@ -288,15 +289,16 @@ class Proxy:
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | Any,
         *,
         latency: float = 0.0,
         bandwidth: float | None = None,
-        connect_delay: float | None = None,
+        connect_delay: float = 0.0,
         faults: Iterable[Fault] = (),
         port: int = 0,
         keep_log: int = 100_000,
     ) -> None:
+        upstream = getattr(upstream, "host", upstream)  # a LocalRegistry will do
         if "://" in upstream:
             upstream = upstream.split("://", 1)[1]
         self.upstream = upstream.rstrip("/")
@@ -384,13 +386,20 @@ class Proxy:
             if log:
                 self.requests.clear()
 
+    @property
+    def port(self) -> int:
+        return int(self.host.rsplit(":", 1)[1])
+
+    def history(self) -> list[Seen]:
+        """A copy of the request log, oldest first (safe while requests are in flight)."""
+        with self._lock:
+            return list(self.requests)
+
     def count(self, method: str | None = None, path: str = "",
               status: int | None = None) -> int:
         """How many logged requests match (``path`` is a regex searched in the target)."""
         rx = re.compile(path)
-        with self._lock:
-            seen = list(self.requests)
-        return sum(1 for s in seen
+        return sum(1 for s in self.history()
                    if (method is None or s.method == method.upper())
                    and rx.search(s.target) and (status is None or s.status == status))
 
@@ -413,6 +422,13 @@ class Proxy:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    def _latency(self) -> float:
+        return self.latency
 
     def _throttles(self) -> tuple[_Throttle | None, _Throttle | None]:
         if self.bandwidth is None:
@@ -444,6 +460,7 @@ class Proxy:
         self._conns.add(task)
         self.connections += 1
         uwriter: asyncio.StreamWriter | None = None
+        lines: list[_Line] = []
         try:
             host, port = self.upstream.rsplit(":", 1)
             ureader, uwriter = await asyncio.open_connection(host, int(port), limit=MAX_HEAD)
@@ -452,31 +469,31 @@ class Proxy:
                 if sock is not None:
                     with contextlib.suppress(OSError):
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            delay = self.connect_delay if self.connect_delay is not None else 2 * self.latency
             up, down = self._throttles()
-            to_up = _Line(uwriter, self.latency, up)
-            to_client = _Line(cwriter, self.latency, down)
-            try:
-                first = await creader.read(1)
-                if first:
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    if first[0] in _HTTP_METHOD_START:
-                        await self._http(first, creader, cwriter, ureader, to_up, to_client)
-                    else:
-                        await self._raw(first, creader, cwriter, ureader, uwriter,
-                                        to_up, to_client)
-            finally:
-                for line in (to_up, to_client):
-                    if not line.task.done():
-                        await line.finish()
+            to_up = _Line(uwriter, self._latency, up)
+            to_client = _Line(cwriter, self._latency, down)
+            lines += [to_up, to_client]
+            first = await creader.read(1)
+            if first:
+                if self.connect_delay > 0:
+                    await asyncio.sleep(self.connect_delay)
+                if first[0] in _HTTP_METHOD_START:
+                    await self._http(first, creader, cwriter, ureader, to_up, to_client)
+                else:
+                    await self._raw(first, creader, cwriter, ureader, uwriter,
+                                    to_up, to_client)
+            for line in lines:  # flush what is still in flight
+                if not line.task.done():
+                    await line.finish()
         except (ConnectionError, OSError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError, ValueError):
-            pass
-        except asyncio.CancelledError:
+                asyncio.LimitOverrunError, ValueError, asyncio.CancelledError):
             pass
         finally:
             self._conns.discard(task)
+            for line in lines:
+                line.task.cancel()
+            if lines:
+                await asyncio.gather(*(line.task for line in lines), return_exceptions=True)
             for w in (cwriter, uwriter):
                 if w is not None:
                     with contextlib.suppress(Exception):
@@ -530,26 +547,50 @@ class Proxy:
                 continue
 
             await to_up.send(raw)
-            sender = asyncio.ensure_future(self._forward_body(creader, req_framing, to_up))
+            sender = asyncio.ensure_future(self._forward_body(
+                creader, req_framing, to_up, fault, to_client, method, target))
             try:
                 status, close = await self._response(method, target, fault, ureader,
                                                      to_client)
-            finally:
-                if not sender.done():
-                    # Answered before the request body was all through (an early error):
-                    # give the client a moment to finish, else drop the connection.
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(asyncio.shield(sender), 5)
-                    sender.cancel()
+            except BaseException:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+                raise
+            if not sender.done():
+                # Answered before the request body was all through (an early error):
+                # give the client a moment to finish, else drop the connection.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(sender), 5)
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
             if sender.cancelled() or sender.exception() is not None:
                 return
             if close or client_close or status < 0:
                 return
 
     async def _forward_body(self, reader: asyncio.StreamReader, framing: tuple[str, int],
-                            line: _Line) -> None:
-        async for raw, _n in _body(reader, framing):
-            await line.send(raw)
+                            to_up: _Line, fault: Fault | None, to_client: _Line,
+                            method: str, target: str) -> None:
+        cut = fault.reset_request_after if fault is not None else None
+        sent = 0
+        async for raw, n in _body(reader, framing):
+            if cut is not None and n and sent + n >= cut:
+                if cut > sent:
+                    await to_up.send(raw[:cut - sent])
+                # A broken network: both ends see a reset once the bytes before it land.
+                self._log(method, target, 0, fault)
+                await to_up.send(lambda: _reset(to_up.writer))
+                await to_client.send(lambda: _reset(to_client.writer))
+                await asyncio.gather(to_up.finish(), to_client.finish())
+                raise ConnectionResetError("request cut by a fault")
+            await to_up.send(raw)
+            sent += n
+        if cut is not None:  # body shorter than the mark: cut at its end
+            self._log(method, target, 0, fault)
+            await to_up.send(lambda: _reset(to_up.writer))
+            await to_client.send(lambda: _reset(to_client.writer))
+            await asyncio.gather(to_up.finish(), to_client.finish())
+            raise ConnectionResetError("request cut by a fault")
 
     async def _response(self, method: str, target: str, fault: Fault | None,
                         ureader: asyncio.StreamReader, to_client: _Line) -> tuple[int, bool]:

@@ -1,0 +1,1 @@
+"""``make bench``: imagesync against ``skopeo sync`` on loopback registries."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,7 +24,6 @@ from urllib.parse import urljoin
 import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from .auth import (
     AuthEntry,
@@ -76,10 +76,14 @@ class RetryPolicy:
     max_retry_after: float = 120.0
 
     def wait(self, state: RetryCallState) -> float:
-        # initial * 2^n plus up to `initial` of jitter, capped.
-        backoff = wait_exponential_jitter(multiplier=self.initial, jitter=self.initial,
-                                          max=self.maximum)(state)
         exc = state.outcome.exception() if state.outcome else None
+        return self.delay(state.attempt_number, exc)
+
+    def delay(self, attempt: int, exc: BaseException | None) -> float:
+        """Before retry number ``attempt`` (1, 2, ...): initial * 2^(attempt-1) plus up to
+        ``initial`` of jitter, capped; never less than the server's ``Retry-After``."""
+        backoff = min(self.initial * 2 ** (attempt - 1) + random.uniform(0, self.initial),
+                      self.maximum)
         after = getattr(exc, "retry_after", None)
         if after is not None:
             return min(max(after, backoff), self.max_retry_after)

@@ -10,16 +10,19 @@ that do not match the descriptor are never committed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from yarl import URL
 
 from .errors import IntegrityError, RegistryError, TransientError
 from .manifest import Descriptor
 from .store import BlobOpener
+from .transport import RetryPolicy, is_transient
 
 if TYPE_CHECKING:
     from .registry import RegistryRepository
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 # the registry's OCI-Chunk-Min-Length). Big enough that PATCH round trips don't matter,
 # small enough that a break costs little.
 MONOLITHIC_MAX = 64 << 20
+T = TypeVar("T")
 PATCH_SIZE = MONOLITHIC_MAX
 
 
@@ -45,18 +49,62 @@ def _check(h: Any, desc: Descriptor, where: str) -> None:
 
 
 class _Reader:
-    """Takes exact byte counts from a chunk stream, carrying remainders over."""
+    """Reads a source blob from an offset in exact byte counts, carrying remainders over.
 
-    def __init__(self, chunks: AsyncIterator[bytes]):
-        self._chunks = chunks
+    A source connection that breaks mid-blob is reopened with ``Range`` at the first byte
+    not yet read, so a download resumes instead of starting over, and the upload it
+    feeds never notices.
+    """
+
+    def __init__(self, source: BlobOpener, offset: int, policy: RetryPolicy, log: Any,
+                 what: str):
+        self._source = source
+        self._offset = offset  # bytes read from the source so far (pending ones included)
+        self._policy = policy
+        self._log = log
+        self._what = what
+        self._opened: Any = None
+        self._chunks: AsyncIterator[bytes] | None = None
         self._pending = b""
+        # Why the body stopped, when it was the source's fault: the HTTP client reports
+        # an aborted request body as a connection error, which would be retried.
+        self.failure: BaseException | None = None
+
+    async def _next(self) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                if self._chunks is None:
+                    self._opened = self._source(self._offset)
+                    self._chunks = await self._opened.__aenter__()
+                chunk = await self._chunks.__anext__()
+                self._offset += len(chunk)
+                return chunk
+            except StopAsyncIteration:
+                raise
+            except Exception as e:
+                await self.aclose()
+                if not is_transient(e):
+                    self.failure = e
+                    raise
+                if attempt >= self._policy.retries:
+                    # Retried here already: the upload around it must not retry it again.
+                    self.failure = RegistryError(f"reading {self._what}: {e} (after "
+                                                 f"{attempt} retries)")
+                    raise self.failure from None
+                attempt += 1
+                wait = self._policy.delay(attempt, e)
+                self._log.warning("retrying", what=f"read {self._what} from byte "
+                                  f"{self._offset}", attempt=attempt, error=str(e) or
+                                  type(e).__name__, wait=round(wait, 2))
+                await asyncio.sleep(wait)
 
     async def take(self, n: int, h: Any) -> AsyncIterator[bytes]:
         """Yield exactly ``n`` bytes (hashing them into ``h``), or fail if the stream ends."""
         while n > 0:
             if not self._pending:
                 try:
-                    self._pending = await self._chunks.__anext__()
+                    self._pending = await self._next()
                 except StopAsyncIteration:
                     raise TransientError("source blob stream ended early") from None
             piece, self._pending = self._pending[:n], self._pending[n:]
@@ -67,9 +115,27 @@ class _Reader:
     async def rest(self) -> int:
         """Count bytes left after the expected end (a source serving too much)."""
         extra = len(self._pending)
-        async for chunk in self._chunks:
-            extra += len(chunk)
-        return extra
+        while True:
+            try:
+                extra += len(await self._next())
+            except StopAsyncIteration:
+                return extra
+
+    async def sending(self, request: Awaitable[T]) -> T:
+        """Await a request whose body this reader feeds; if the body failed because of
+        the source, raise that failure rather than the client's connection error."""
+        try:
+            return await request
+        except Exception:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
+
+    async def aclose(self) -> None:
+        opened, self._opened, self._chunks = self._opened, None, None
+        if opened is not None:
+            with contextlib.suppress(Exception):
+                await opened.__aexit__(None, None, None)
 
 
 @dataclass
@@ -98,23 +164,33 @@ class BlobUploader:
         state = _State()
         await self.transport.retrying(lambda: self._chunked(desc, source, state), what)
 
+    def _reader(self, source: BlobOpener, offset: int, desc: Descriptor) -> _Reader:
+        return _Reader(source, offset, self.transport.policy, self.transport.log,
+                       f"blob {desc.digest[:19]}")
+
     async def _monolithic(self, desc: Descriptor, source: BlobOpener) -> None:
         _, location, _ = await self.repo.start_upload()
         h = _hasher(desc.digest)
-        async with source(0) as chunks:
-            reader = _Reader(chunks)
+        reader = self._reader(source, 0, desc)
+        try:
 
             async def body() -> AsyncIterator[bytes]:
                 async for piece in reader.take(desc.size, h):
                     yield piece
                 # Check before the request completes: a mismatch aborts the PUT.
-                _check(h, desc, self.repo.name)
-                if await reader.rest():
-                    raise IntegrityError(f"{self.repo.name}: blob {desc.digest} is larger "
-                                         f"than its descriptor's {desc.size} bytes")
+                try:
+                    _check(h, desc, self.repo.name)
+                    if await reader.rest():
+                        raise IntegrityError(f"{self.repo.name}: blob {desc.digest} is "
+                                             f"larger than its descriptor's {desc.size} bytes")
+                except IntegrityError as e:
+                    reader.failure = e
+                    raise
 
-            await self._send("PUT", self._with_digest(location, desc), body(), desc.size,
-                             ok=(201, 204))
+            await reader.sending(self._send("PUT", self._with_digest(location, desc), body(),
+                                            desc.size, ok=(201, 204)))
+        finally:
+            await reader.aclose()
 
     async def _chunked(self, desc: Descriptor, source: BlobOpener, state: _State) -> None:
         if state.location is not None:
@@ -122,9 +198,10 @@ class BlobUploader:
         if state.location is None:
             _, location, min_chunk = await self.repo.start_upload()
             state.location, state.offset, state.hasher = location, 0, _hasher(desc.digest)
+            state.registry_has = 0
             state.chunk = max(self.patch_size, min_chunk)
-        async with source(state.offset) as chunks:
-            reader = _Reader(chunks)
+        reader = self._reader(source, state.offset, desc)
+        try:
             if state.registry_has > state.offset:
                 # The registry kept part of the broken PATCH: hash those bytes without
                 # sending them again, then continue from where it is.
@@ -134,13 +211,15 @@ class BlobUploader:
             while state.offset < desc.size:
                 n = min(state.chunk, desc.size - state.offset)
                 h = state.hasher.copy()
-                resp_headers = await self._send(
+                resp_headers = await reader.sending(self._send(
                     "PATCH", state.location, reader.take(n, h), n, ok=(202, 204),
-                    extra={"Content-Range": f"{state.offset}-{state.offset + n - 1}"})
+                    extra={"Content-Range": f"{state.offset}-{state.offset + n - 1}"}))
                 state.location = self._resolve(resp_headers.get("Location") or state.location)
                 state.offset += n
                 state.hasher = h
             _check(state.hasher, desc, self.repo.name)
+        finally:
+            await reader.aclose()
         await self._send("PUT", self._with_digest(state.location, desc), b"", 0,
                          ok=(201, 204))
 

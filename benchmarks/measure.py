@@ -69,6 +69,11 @@ def run_measured(tool: str, cmd: Sequence[str], log: Path, *, timeout: float = 9
         timer.start()
         try:
             returncode = proc.wait()
+        except BaseException:  # interrupted: take the tool down with us
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         wall = time.monotonic() - start

@@ -36,6 +36,7 @@ import os
 import platform
 import pstats
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,7 +84,7 @@ class Params:
     # copy), so the whole 10,000-tag plan costs it ~5 min; by default it gets the first
     # 2,000 tags (RSS for reference; no wall/CPU ratio). --skopeo-all-tags: all of them.
     many_skopeo_tags: int | None = 2000
-    timeout: float = 900.0
+    timeout: float = 1800.0  # per tool run; skopeo's WAN sync alone takes ~8 min
 
 
 QUICK = Params(lan_repos=4, lan_tags=3, wan_repos=3, wan_tags=5, big_size=256 * MiB,
@@ -554,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(exe) is None:
             print(f"benchmarks: {exe} not found; run `make deps`", file=sys.stderr)
             return 2
+    # Stop cleanly (registries, proxies, storage) on SIGTERM too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return Bench(args).run()
 
 

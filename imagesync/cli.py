@@ -1,4 +1,10 @@
-"""The command line: arguments -> config -> sync -> report; exit 0, 1 or 2."""
+"""The command line: arguments -> config -> session -> report; exit 0, 1 or 2.
+
+Ctrl-C or SIGTERM stops a run cleanly: nothing new starts, images in flight stop
+without their manifests, the summary and the report say what was done and what was
+interrupted, and the exit status is 130 (SIGINT) or 143 (SIGTERM). A second signal
+stops at once.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,23 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
-from .auth import CredentialStore
-from .config import load
+from .config import Config, load
+from .dockerconfig import DockerConfig
 from .errors import ConfigError
 from .log import Redactor, make_logger
 from .report import render, write_json
 from .rules import Defaults
-from .sync import Settings, sync
+from .session import Outcome, Session, Settings
 from .upload import MONOLITHIC_MAX
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive, default=MONOLITHIC_MAX, metavar="BYTES",
                    help="blobs above this size are uploaded in resumable chunks of this "
                    f"size (default {MONOLITHIC_MAX >> 20} MiB)")
+    p.add_argument("--timeout", type=_positive, default=60, metavar="SECONDS",
+                   help="a request that gets no byte for this long has stalled and is "
+                   "retried (default 60)")
     p.add_argument("--report", metavar="FILE", help="write a JSON report here")
     p.add_argument("--log", metavar="FILE", help="write logs here instead of stderr")
     p.add_argument("--registry", default=os.environ.get("DEFAULT_REGISTRY"),
@@ -78,6 +89,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable(path: str) -> str | None:
+    """Why ``path`` cannot be written (checked before a long run, not after), or None."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        return "is a directory"
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist"
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        return "permission denied"
+    if not os.path.exists(target) and not os.access(parent, os.W_OK):
+        return f"cannot create files in {parent}: permission denied"
+    return None
+
+
+async def _run(cfg: Config, settings: Settings, log: Any, redact: Redactor
+               ) -> tuple[Outcome, int | None]:
+    """One sync in a session; returns the outcome and the signal that stopped it."""
+    caught: list[int] = []
+
+    async with contextlib.AsyncExitStack() as stack:
+        session = Session(settings, log, entries=cfg.auth, on_secret=redact.add)
+        await stack.enter_async_context(session)
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+
+        def on_signal(signum: int) -> None:
+            if caught and main_task is not None:  # a second signal: stop at once
+                main_task.cancel()
+                return
+            caught.append(signum)
+            print(f"imagesync: {signal.Signals(signum).name} received: stopping; images in "
+                  "flight are not pushed (send it again to stop at once)", file=sys.stderr)
+            session.stop()
+
+        for signum in EXIT_SIGNAL:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, on_signal, signum)
+                stack.callback(loop.remove_signal_handler, signum)
+        outcome = await session.sync(cfg.rules)
+    return outcome, caught[0] if caught else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.proc == 0:
@@ -86,13 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config and (args.auth or args.images):
         print("imagesync: give --config, or --auth/--images, not both", file=sys.stderr)
         return EXIT_USAGE
+    if args.report and (why := _check_writable(args.report)):
+        print(f"imagesync: --report {args.report}: {why}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         cfg = load(args.config, args.auth, args.images,
                    Defaults(args.registry, args.namespace, tuple(args.os), tuple(args.arch)))
         # Every credential known now, and every one obtained later (Docker config,
         # credential helpers, cloud tokens), is masked in logs and in the report.
         redact = Redactor()
-        credentials = CredentialStore.from_environment(cfg.auth, on_secret=redact.add)
+        DockerConfig.load()  # a broken Docker config.json is exit 2, up front
     except ConfigError as e:
         print(f"imagesync: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -105,13 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"imagesync: --log {args.log}: {e.strerror}", file=sys.stderr)
                 return EXIT_USAGE
         log = make_logger(redact, stream, args.verbose)
+        for warning in getattr(cfg, "warnings", ()):
+            log.warning("config", note=warning)
         settings = Settings(proc=args.proc, retries=args.retries, force=args.force,
                             dry_run=args.dry_run, chunk_size=args.chunk_size or MONOLITHIC_MAX,
-                            per_registry=args.per_registry)
+                            per_registry=args.per_registry, timeout=args.timeout)
         try:
-            outcome = asyncio.run(sync(cfg, settings, log, credentials))
-        except KeyboardInterrupt:
-            print("imagesync: interrupted", file=sys.stderr)
+            outcome, stopped_by = asyncio.run(_run(cfg, settings, log, redact))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("imagesync: stopped at once; the report was not written", file=sys.stderr)
             return 130
     for r in outcome.results:  # errors may quote a registry's or a helper's words
         r.error = redact(r.error) if r.error else r.error
@@ -123,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e:
             print(f"imagesync: --report {args.report}: {e.strerror}", file=sys.stderr)
             return EXIT_USAGE
+    if stopped_by is not None:
+        return EXIT_SIGNAL.get(signal.Signals(stopped_by), 130)
     return outcome.summary.exit_code
 
 

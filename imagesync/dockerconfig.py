@@ -23,17 +23,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .auth import Credential
 from .errors import AuthError, ConfigError
-from .reference import DOCKER_HUB, canonical_registry
-
-if TYPE_CHECKING:
-    from .auth import CredentialStore
+from .keychain import CachedFetch, Credential
+from .names import DOCKER_HUB, canonical_registry
 
 #: The server URL Docker uses for Docker Hub in ``auths`` and with helpers.
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
@@ -156,7 +153,7 @@ class DockerConfig:
         return out
 
     async def credential(self, registry: str,
-                         store: CredentialStore | None = None) -> Credential | None:
+                         note: Callable[[str, str], None] | None = None) -> Credential | None:
         """The credential Docker would use for ``registry`` (None: anonymous)."""
         helper = self.cred_helpers.get(registry) or self.creds_store
         if helper:
@@ -164,9 +161,9 @@ class DockerConfig:
             try:
                 answer = await run_helper(helper, server, self.environ)
             except HelperMissing as e:
-                if store is not None:
-                    store.note(registry, f"credential helper {e} named in {self._where} "
-                                         "is not on PATH")
+                if note is not None:
+                    note(registry, f"credential helper {e} named in {self._where} "
+                                   "is not on PATH")
                 answer = None
             except AuthError as e:
                 raise AuthError(f"{e} (credential helper from {self._where})") from None
@@ -210,3 +207,33 @@ def _from_auths_entry(entry: dict[str, Any], source: str) -> Credential | None:
     if user or password:
         return Credential(user or "", password or "", source=source)
     return None
+
+
+class DockerConfigKeychain:
+    """Docker's config.json as a keychain: one cached lookup per registry (helpers are
+    asked at most once per :data:`HELPER_TTL`)."""
+
+    def __init__(self, config: DockerConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self._clock = clock
+        self._cache: dict[str, CachedFetch] = {}
+        self._notes: dict[str, str] = {}
+
+    def _cached(self, registry: str) -> CachedFetch:
+        cached = self._cache.get(registry)
+        if cached is None:
+            async def fetch() -> Credential | None:
+                return await self.config.credential(registry, self._notes.__setitem__)
+            cached = self._cache[registry] = CachedFetch(fetch, self._clock)
+        return cached
+
+    async def resolve(self, registry: str, repository: str | None = None
+                      ) -> Credential | None:
+        return await self._cached(registry).get()
+
+    def invalidate(self, registry: str, repository: str | None, cred: Credential) -> bool:
+        cached = self._cache.get(registry)
+        return cached.invalidate(cred) if cached is not None else False
+
+    def why_none(self, registry: str) -> str | None:
+        return self._notes.get(registry)

@@ -22,9 +22,13 @@ class ConfigError(ImagesyncError):
 class TransientError(ImagesyncError):
     """Worth retrying: connection trouble, 5xx, 429. ``retry_after`` in seconds if given."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, *,
+                 unreachable: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        # No answer at all (cannot connect, stalled): counts towards marking the
+        # registry down, unlike an answer that says "later" (5xx, 429).
+        self.unreachable = unreachable
 
 
 class RegistryError(ImagesyncError):
@@ -45,3 +49,12 @@ class NotFoundError(RegistryError):
 
 class IntegrityError(ImagesyncError):
     """Bytes that do not match their descriptor's digest or size: never retried blindly."""
+
+
+class RegistryDown(RegistryError):
+    """A registry that stayed unreachable through every retry: marked down for the run,
+    so its remaining requests fail at once with this reason instead of retrying again."""
+
+
+class Interrupted(ImagesyncError):
+    """The run was stopped (Ctrl-C, SIGTERM) before this image finished."""

@@ -9,9 +9,15 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
+
+from .events import Observer
+
+if TYPE_CHECKING:
+    from .plan import PlanError
+    from .report import Result
 
 _AUTH_RE = re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+")
 MASK = "***"
@@ -54,3 +60,22 @@ def make_logger(redact: Redactor, stream: TextIO | None = None, verbose: bool = 
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
+
+
+class LogObserver(Observer):
+    """Logs what a run does: one line per finished image, plan errors, failures."""
+
+    def __init__(self, log: Any):
+        self.log = log
+
+    def plan_error(self, error: PlanError) -> None:
+        self.log.error("failed", source=error.source, destination=error.destination,
+                       error=error.error)
+
+    def image_finished(self, result: Result) -> None:
+        level = {"failed": "error", "conflict": "error", "skipped": "debug",
+                 "interrupted": "warning"}.get(result.status, "info")
+        extra = {k: v for k, v in (("error", result.error), ("note", result.note)) if v}
+        getattr(self.log, level)(result.status, source=result.source,
+                                 destination=result.destination, digest=result.digest,
+                                 bytes=result.bytes, **extra)

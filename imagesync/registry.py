@@ -1,7 +1,7 @@
 """A Docker Registry V2 / OCI distribution registry as a :class:`~imagesync.store.Store`.
 
 Only the distribution API lives here (paths, headers, status codes); authorisation,
-retries and error classification belong to :mod:`imagesync.transport`.
+retries, queues and error classification belong to :mod:`imagesync.transport`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from dataclasses import dataclass
+from typing import Any
 
 from .auth import repository_scope
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .manifest import ACCEPT, Descriptor, Manifest, parse_manifest
 from .store import BlobOpener
-from .transport import Transport
+from .transport import Client, Response
 from .upload import MONOLITHIC_MAX, BlobUploader
 
 CHUNK = 1 << 20  # bytes read from a blob stream at a time: bounds memory per transfer
@@ -38,15 +38,11 @@ class Registry:
     """One registry host."""
 
     name: str  # canonical host[:port], e.g. "docker.io" or "127.0.0.1:5000"
-    transport: Transport
+    client: Client
     chunk_size: int = MONOLITHIC_MAX
-    _repos: dict[tuple[str, bool], RegistryRepository] = field(default_factory=dict)
 
-    def repository(self, path: str, *, push: bool = False) -> RegistryRepository:
-        key = (path, push)
-        if key not in self._repos:
-            self._repos[key] = RegistryRepository(self, path, push)
-        return self._repos[key]
+    def repository(self, path: str, *, write: bool = False) -> RegistryRepository:
+        return RegistryRepository(self, path, write)
 
     async def list_repositories(self) -> list[str]:
         return await self._paged(f"/v2/_catalog?n={PAGE}", "repositories",
@@ -56,7 +52,7 @@ class Registry:
         out: list[str] = []
         next_path: str | None = path
         while next_path:
-            resp = await self.transport.request("GET", self.name, next_path, scopes=scopes)
+            resp = await self.client.request("GET", self.name, next_path, scopes=scopes)
             try:
                 out += json.loads(resp.body).get(key) or []
             except (ValueError, AttributeError) as e:
@@ -69,22 +65,22 @@ class Registry:
 class RegistryRepository:
     registry: Registry
     path: str
-    push: bool = False  # ask for pull,push tokens: one token serves reads and writes
+    write: bool = False  # ask for pull,push tokens: one token serves reads and writes
 
     @property
     def name(self) -> str:
         return f"{self.registry.name}/{self.path}"
 
     @property
-    def store_name(self) -> str:
+    def store(self) -> str:
         return self.registry.name
 
     @property
     def scopes(self) -> list[str]:
-        return [repository_scope(self.path, self.push)]
+        return [repository_scope(self.path, self.write)]
 
-    async def _request(self, method: str, path: str, **kw):
-        return await self.registry.transport.request(
+    async def _request(self, method: str, path: str, **kw: Any) -> Response:
+        return await self.registry.client.request(
             method, self.registry.name, f"/v2/{self.path}{path}", scopes=self.scopes, **kw)
 
     async def list_tags(self) -> list[str]:
@@ -130,7 +126,8 @@ class RegistryRepository:
     async def open_blob(self, desc: Descriptor, offset: int = 0
                         ) -> AsyncIterator[AsyncIterator[bytes]]:
         headers = {"Range": f"bytes={offset}-"} if offset else None
-        async with self.registry.transport.stream(
+        # One attempt: a broken read is resumed from its offset by the reader (upload.py).
+        async with self.registry.client.stream(
             "GET", self.registry.name, f"/v2/{self.path}/blobs/{desc.digest}",
             scopes=self.scopes, headers=headers, ok=(200, 206),
         ) as resp:
@@ -139,40 +136,28 @@ class RegistryRepository:
                 chunks = _skip(chunks, offset)  # the registry ignored Range
             yield chunks
 
-    async def start_upload(self, params: str = "",
-                           scopes: list[str] | None = None) -> tuple[int, str, int]:
-        """POST an upload: (status, location, minimum chunk length). Not retried on its
-        own: it is one step of a blob copy, which is retried whole."""
-        async with self.registry.transport.stream(
-            "POST", self.registry.name, f"/v2/{self.path}/blobs/uploads/{params}",
-            scopes=scopes or self.scopes, ok=(201, 202),
-        ) as resp:
-            location = resp.headers.get("Location")
-            status = resp.status
-            min_chunk = int(resp.headers.get("OCI-Chunk-Min-Length") or 0)
-        if not location and status == 202:
-            raise RegistryError(f"{self.name}: upload started without a Location")
-        return status, self.resolve(location or ""), min_chunk
-
-    def resolve(self, location: str) -> str:
-        ep = self.registry.transport.endpoint_base(self.registry.name)
-        return urljoin(ep, location)
+    def _uploader(self, scopes: list[str] | None = None) -> BlobUploader:
+        return BlobUploader(self.registry.client, self.registry.name, self.path,
+                            scopes or self.scopes, self.registry.chunk_size)
 
     async def put_blob(self, desc: Descriptor, source: BlobOpener) -> None:
-        await BlobUploader(self, self.registry.chunk_size).upload(desc, source)
+        await self._uploader().upload(desc, source)
 
-    async def mount_blob(self, desc: Descriptor, from_path: str) -> bool:
+    async def link_blob(self, desc: Descriptor, from_path: str) -> bool:
+        """Cross-repository mount (``POST ...?mount=&from=``)."""
         # The token must also allow pulling from the repository we mount from.
         scopes = [*self.scopes, repository_scope(from_path, False)]
-        status, location, _ = await self.registry.transport.retrying(
-            lambda: self.start_upload(f"?mount={desc.digest}&from={from_path}", scopes),
-            f"mount {desc.digest[:19]} into {self.name}")
+        uploader = self._uploader(scopes)
+        client = self.registry.client
+        status, location, _ = await client.retrying(
+            lambda: uploader.start_upload(f"?mount={desc.digest}&from={from_path}", scopes),
+            f"mount {desc.digest[:19]} into {self.name}", self.registry.name)
         if status != 201 and location:
             # Not mounted (blob unknown there, or mounting unsupported): drop the upload
             # the registry opened instead, rather than leave it to be purged later.
             with contextlib.suppress(Exception):
-                async with self.registry.transport.stream(
-                    "DELETE", self.registry.name, location, scopes=scopes, ok=(204, 200)):
+                async with client.stream("DELETE", self.registry.name, location,
+                                         scopes=scopes, ok=(204, 200)):
                     pass
         return status == 201
 

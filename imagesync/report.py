@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from .events import Observer
+
 SYNCED, SKIPPED, FAILED, CONFLICT = "synced", "skipped", "failed", "conflict"
+#: The run was stopped (Ctrl-C, SIGTERM) before this image finished; nothing of it that
+#: could leave a half-pushed image was written.
+INTERRUPTED = "interrupted"
 SAME_DIGEST = "destination has the same digest"
 
 
@@ -36,16 +41,20 @@ class Summary:
     bytes: int
     seconds: float
     dry_run: bool = False
+    interrupted: int = 0
+    empty_rules: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, results: Sequence[Result], seconds: float, dry_run: bool = False) -> Summary:
+    def of(cls, results: Sequence[Result], seconds: float, dry_run: bool = False,
+           empty_rules: Sequence[str] = ()) -> Summary:
         n = Counter(r.status for r in results)
         return cls(n[SYNCED], n[SKIPPED], n[FAILED], n[CONFLICT],
-                   sum(r.bytes for r in results), round(seconds, 3), dry_run)
+                   sum(r.bytes for r in results), round(seconds, 3), dry_run,
+                   n[INTERRUPTED], list(empty_rules))
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or self.conflicts else 0
+        return 1 if self.failed or self.conflicts or self.interrupted else 0
 
 
 def human_bytes(n: float) -> str:
@@ -65,11 +74,15 @@ def render(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
         return
     rate = summary.bytes / summary.seconds if summary.seconds > 0 else 0
     conflicts = f", {summary.conflicts} conflicts" if summary.conflicts else ""
+    if summary.interrupted:
+        conflicts += f", {summary.interrupted} interrupted"
     out.write(
         f"imagesync: {summary.synced} synced, {summary.skipped} skipped, "
         f"{summary.failed} failed{conflicts}; {human_bytes(summary.bytes)} moved in "
         f"{summary.seconds:.1f}s ({human_bytes(rate)}/s)\n"
     )
+    for key in summary.empty_rules:
+        out.write(f"warning: rule {key!r} matched nothing\n")
     failed = [r for r in results if r.status in (FAILED, CONFLICT)]
     if failed:
         out.write(f"failed ({len(failed)}):\n")
@@ -99,3 +112,13 @@ def _render_plan(results: Sequence[Result], summary: Summary, out: TextIO) -> No
 def write_json(path: str, results: Sequence[Result], summary: Summary) -> None:
     doc = {"summary": asdict(summary), "images": [asdict(r) for r in results]}
     Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+class ResultCollector(Observer):
+    """Keeps every result of a run, in plan order, for the summary and the report."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def image_finished(self, result: Result) -> None:
+        self.results.append(result)

@@ -7,9 +7,13 @@ image-syncer's forms, key -> value::
     src/repo:v1,v2           -> dst/repo            several tags
     src/repo:v1              -> dst/repo:stable     rename (as many destination tags as source tags)
     src/repo@sha256:...      -> dst/repo[:tag]      by digest
-    src/repo:/^v1\\.[0-9]+$/  -> dst/repo            tags matching a regex
-    src/repo                 -> [dst-a/repo, dst-b/repo]   several destinations
-    src/repo                 -> ""                  --registry/--namespace defaults
+    src/repo:/^v1\\.[0-9]+$/  -> dst/repo            tags in which the regex is found
+                                                    (searched, like Go's MatchString: anchor it)
+    src/repo                 -> [dst-a/repo, dst-b/repo]   several destinations (duplicates once)
+    src/repo                 -> ""                  --registry[/--namespace] defaults
+    src/repo@sha256:...      -> dst/repo@sha256:... the same digest: pushed by digest
+
+See docs/imagesyncer-compat.md for how each image-syncer version read these.
 
 imagesync's own forms::
 
@@ -27,11 +31,11 @@ from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
 from .manifest import PlatformSelector
-from .reference import (
+from .names import (
     DIGEST_RE,
     TAG_RE,
+    InvalidReference,
     Reference,
-    ReferenceError,
     canonical_registry,
     split_name,
     split_tag_part,
@@ -52,20 +56,37 @@ class TagSelector:
     def needs_listing(self) -> bool:
         return not self.tags and self.digest is None
 
+    @property
+    def narrows(self) -> bool:
+        """True when the selector keeps only some of the tags it is given (a regex or a
+        filter): then selecting nothing is worth reporting ("matched no tag")."""
+        return self.pattern is not None or self.filter is not None
+
     def select(self, available: list[str]) -> list[str]:
+        """The tags to copy, from the repository's tag list. A key regex is *searched*
+        (as image-syncer's Go ``MatchString`` did: ``/a+/`` keeps every tag with an 'a');
+        anchor it (``/^v1$/``) for a full match."""
         tags = list(self.tags) if self.tags else list(available)
         if self.pattern is not None:
-            tags = [t for t in tags if self.pattern.fullmatch(t)]
+            tags = [t for t in tags if self.pattern.search(t)]
         if self.filter is not None:
             tags = self.filter.apply(tags)
         return tags
 
     def describe(self) -> str:
+        """What the rule selects, for logs and "matched nothing" reports."""
         if self.digest:
             return self.digest
-        if self.tags:
+        if self.tags and self.filter is None:
             return ",".join(self.tags)
-        return f"/{self.pattern.pattern}/" if self.pattern else "all tags"
+        parts = []
+        if self.tags:
+            parts.append(",".join(self.tags))
+        if self.pattern is not None:
+            parts.append(f"/{self.pattern.pattern}/")
+        if self.filter is not None:
+            parts.append(f"tags {self.filter.describe()}")
+        return " and ".join(parts) if parts else "all tags"
 
 
 @dataclass(frozen=True)
@@ -150,9 +171,9 @@ NO_DEFAULTS = Defaults()
 
 def _split_source(key: str) -> tuple[str, TagSelector]:
     # A regex may contain ':' '/' and ','; it is the part after the first ':/' when the key
-    # ends with '/' (a registry port is ':<digits>', never ':/').
+    # ends with '/' (a registry port is ':<digits>', never ':/'), as in image-syncer.
     at = key.find(":/")
-    if at > 0 and key.endswith("/") and len(key) > at + 3:
+    if at > 0 and key.endswith("/") and len(key) >= at + 3:
         expr = key[at + 2 : -1]
         try:
             return key[:at], TagSelector(pattern=re.compile(expr))
@@ -162,6 +183,10 @@ def _split_source(key: str) -> tuple[str, TagSelector]:
     if digest:
         if not DIGEST_RE.match(digest):
             raise ValueError(f"invalid digest {digest!r}")
+        # 'repo:tag@sha256:...': the digest wins and the tag is ignored, as in Docker.
+        name, tag = split_tag_part(name)
+        if tag is not None and not TAG_RE.match(tag):
+            raise ValueError(f"invalid tag {tag!r}")
         return name, TagSelector(digest=digest)
     name, tagspec = split_tag_part(name)
     if tagspec is None:
@@ -175,16 +200,38 @@ def _split_source(key: str) -> tuple[str, TagSelector]:
     return name, TagSelector(tags=tags)
 
 
-def _parse_target(value: str, defaults: Defaults, source_repo: str) -> Target:
+def default_destination(defaults: Defaults, source_repo: str) -> str:
+    """Where an empty destination ("") goes, as image-syncer put it.
+
+    With --registry and --namespace (image-syncer v1.0-v1.4): the source path without its
+    first component below ``registry/namespace``, so ``src.io/team/sub/app`` ->
+    ``REG/NS/sub/app`` and ``nginx`` (``library/nginx``) -> ``REG/NS/nginx``. With
+    --registry alone (v1.5.0): the whole source path below ``registry``."""
+    if defaults.registry and defaults.namespace:
+        first, _, rest = source_repo.partition("/")
+        return f"{defaults.registry}/{defaults.namespace}/{rest or first}"
+    if defaults.registry:
+        return f"{defaults.registry}/{source_repo}"
+    raise ValueError(
+        "an empty destination needs --registry (and --namespace), or DEFAULT_REGISTRY "
+        "(and DEFAULT_NAMESPACE), to say where it goes")
+
+
+def _parse_target(value: str, defaults: Defaults, source_repo: str,
+                  source: TagSelector | None = None) -> Target:
     if value == "":
-        if not defaults.registry or not defaults.namespace:
-            raise ValueError(
-                "an empty destination needs --registry and --namespace (or DEFAULT_REGISTRY "
-                "and DEFAULT_NAMESPACE) to say where the default namespace is")
-        base = source_repo.rsplit("/", 1)[-1]
-        return Target(*split_name(f"{defaults.registry}/{defaults.namespace}/{base}"))
-    if "@" in value:
-        raise ValueError(f"destination {value!r} has a digest: give a repository[:tag]")
+        return Target(*split_name(default_destination(defaults, source_repo)))
+    name, _, digest = value.partition("@")
+    if digest:
+        # image-syncer accepts a destination digest only equal to the source's: the
+        # image is pushed by digest, which is what a digest source without a tag does.
+        if source is None or source.digest != digest:
+            raise ValueError(f"destination {value!r} has a digest: give a repository[:tag] "
+                             "(a digest is only allowed when it is the source's digest)")
+        name, tag = split_tag_part(name)
+        if tag is not None:
+            raise ValueError(f"destination {value!r}: give a tag or the digest, not both")
+        return Target(*split_name(name))
     name, tagspec = split_tag_part(value)
     registry, repository = split_name(name)
     tags: tuple[str, ...] = ()
@@ -255,14 +302,17 @@ def parse_rule(key: str, value: object, defaults: Defaults = NO_DEFAULTS,
         values = destinations if isinstance(destinations, list) else [destinations]
         if not values or values == [None]:
             raise ValueError("no destination given: add 'to: registry/repository'")
-        targets = tuple(_parse_target(v, defaults, repository) for v in values)
+        # A destination listed twice is copied once (image-syncer v1.5.3+ did the same).
+        values = list(dict.fromkeys(values))
+        targets = tuple(dict.fromkeys(_parse_target(str(v), defaults, repository, selector)
+                                      for v in values))
         if ns and any(t.tags for t in targets):
             raise ValueError("a namespace rule ('/*') copies whole repositories: give "
                              "destination prefixes without tags")
         rule = Rule(key, registry, repository, selector, targets, namespace=bool(ns),
                     platforms=PlatformSelector.parse((), defaults.oses, defaults.archs))
         rule = _parse_options(rule, options, defaults.oses, defaults.archs)
-    except (ValueError, ReferenceError, re.error) as e:
+    except (ValueError, InvalidReference, re.error) as e:
         raise ConfigError(file, path, str(e)) from None
     if rule.tag_template and any(t.tags for t in rule.targets):
         raise ConfigError(file, path, "give destination tags or a tag_template, not both")

@@ -1,7 +1,8 @@
-"""Where images live, as the engine sees it.
+"""The scheme interface: where images live, as the copier sees it.
 
-The engine only talks to these two interfaces, so a registry (``registry.py``) and,
-later, an OCI image-layout directory can both be a source or a destination.
+A *store* is a set of repositories reached one way: a registry over the distribution API
+(``registry.py``) or a directory of OCI image layouts (``layout.py``). The copier only
+talks to these two protocols, so any store can be a source or a destination.
 """
 
 from __future__ import annotations
@@ -17,20 +18,32 @@ BlobOpener = Callable[[int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 
 
 class Repository(Protocol):
-    """One repository: its tags, manifests and blobs."""
+    """One repository of a store: its tags, manifests and blobs."""
 
-    name: str        # human-readable "registry/repository", for reports and errors
-    path: str        # the repository path inside its store
-    store_name: str  # which store: blobs can be mounted between repositories of one store
+    @property
+    def name(self) -> str:
+        """Human-readable full name (``registry/path``, ``oci:/dir``): reports, errors."""
+
+    @property
+    def path(self) -> str:
+        """The repository's path inside its store."""
+
+    @property
+    def store(self) -> str:
+        """Which store holds it (``Store.name``): blobs can be linked between
+        repositories of one store without moving their bytes."""
 
     async def list_tags(self) -> list[str]: ...
 
     async def head_manifest(self, ref: str) -> Descriptor | None:
-        """The manifest's descriptor, or None when it does not exist. No body is fetched."""
+        """The manifest's descriptor by tag or digest, or None when it does not exist.
+        No body is read where the store can avoid it."""
 
-    async def get_manifest(self, ref: str) -> Manifest: ...
+    async def get_manifest(self, ref: str) -> Manifest:
+        """The manifest by tag or digest; raises NotFoundError when it does not exist."""
 
-    async def put_manifest(self, ref: str, manifest: Manifest) -> None: ...
+    async def put_manifest(self, ref: str, manifest: Manifest) -> None:
+        """Store ``manifest`` byte for byte under ``ref`` (a tag, or its own digest)."""
 
     async def blob_exists(self, desc: Descriptor) -> bool: ...
 
@@ -39,19 +52,23 @@ class Repository(Protocol):
         """Stream a blob's bytes from ``offset`` in bounded chunks."""
 
     async def put_blob(self, desc: Descriptor, source: BlobOpener) -> None:
-        """Store a blob read from ``source``, verifying its digest and size, retrying and
-        resuming after transient failures. Raises IntegrityError for bytes that do not
-        match ``desc`` (and then stores nothing)."""
+        """Store a blob read from ``source``, verifying its digest and size, resuming
+        after transient failures where the store can. Raises IntegrityError for bytes
+        that do not match ``desc`` (and then stores nothing under that digest)."""
 
-    async def mount_blob(self, desc: Descriptor, from_path: str) -> bool:
-        """Link a blob from another repository of the same store; False if it could not."""
+    async def link_blob(self, desc: Descriptor, from_path: str) -> bool:
+        """Make the blob present by reference to repository ``from_path`` of the same
+        store (a registry's cross-repository mount); False when the store could not."""
 
 
 class Store(Protocol):
-    """A registry or a layout: a set of repositories."""
+    """A registry, or a directory of layouts: a set of repositories."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    def repository(self, path: str, *, push: bool = False) -> Repository: ...
+    def repository(self, path: str, *, write: bool = False) -> Repository:
+        """``write``: the caller will write to it (a registry asks for push rights once,
+        up front, rather than a second token later)."""
 
     async def list_repositories(self) -> list[str]: ...

@@ -136,6 +136,28 @@ class TagFilter:
                 return False
         return True
 
+    def describe(self) -> str:
+        """The conditions, as a user would read them: ``include /^v1/, latest 3``."""
+        out: list[str] = []
+
+        def add(name: str, values: Sequence[str] | str | None) -> None:
+            if values:
+                vals = [values] if isinstance(values, str) else list(values)
+                out.append(f"{name} {', '.join(vals)}")
+
+        add("include", [f"/{p.pattern}/" for p in self.include])
+        add("exclude", [f"/{p.pattern}/" for p in self.exclude])
+        add("equals", self.equals)
+        add("starts_with", self.starts_with)
+        add("ends_with", self.ends_with)
+        add("contains", self.contains)
+        add("one_of", self.one_of)
+        add("not_one_of", self.not_one_of)
+        add("semver", self.semver_expr)
+        if self.latest is not None:
+            out.append(f"latest {self.latest}")
+        return "; ".join(out) or "any tag"
+
     def apply(self, tags: Sequence[str]) -> list[str]:
         kept = [t for t in tags if self.matches(t)]
         if self.latest is not None:

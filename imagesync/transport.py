@@ -1,93 +1,64 @@
-"""The one HTTP layer: endpoints, auth, retries with backoff, error classification.
+"""The HTTP client: every request imagesync makes goes through :class:`Client`.
 
-Every request to a registry goes through :class:`Transport`. It finds the registry's
-endpoint once (HTTPS, or plain HTTP for ``insecure`` registries that speak it), adds the
-``Authorization`` header the registry's challenge asks for, refreshes a bearer token once
-on a 401, turns answers into typed errors, and retries transient failures with
-exponential backoff and jitter, honouring ``Retry-After``.
+It is built from small layers, each with one concern, outermost first:
+
+1. **retry** (:meth:`Client.retrying`, policy in :mod:`imagesync.retry`): the only place
+   a request is tried again. Transient failures wait with backoff and jitter; when a
+   registry does not answer at all, that registry's queue counts one failure cycle for
+   every request in flight, and marks it down after the policy's retries;
+2. **endpoint** (:meth:`Client.endpoint`): where a registry is (HTTPS, or plain HTTP for
+   ``insecure`` and loopback registries) and how it wants to be authorised, found once
+   per registry, shared by concurrent callers;
+3. **authorizer** (:meth:`Client._authorization`): the ``Authorization`` header the
+   registry's challenge asks for, from the keychain and the shared token cache; a 401
+   renews the token once;
+4. **queue** (:class:`~imagesync.hostqueue.HostQueue`): per registry, backoff before a
+   slot, then at most ``concurrency`` requests at once, depth-first;
+5. **classify** (:meth:`Client._raise_for`, :func:`_classified`): answers and network
+   errors become typed errors with a sentence naming the request.
+
+Cloud APIs (ECR's GetAuthorizationToken) and token servers go through the same client
+(:meth:`Client.send`), so they share its session, timeouts and classification.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
+import contextvars
 import json
-import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .auth import (
-    AuthEntry,
-    BearerTokens,
-    Challenge,
-    Credential,
-    CredentialStore,
-    basic_header,
-    scope_repository,
-)
-from .errors import AuthError, NotFoundError, RegistryError, TransientError
+from .auth import BearerTokens, Challenge, TokenFetcher, basic_header, scope_repository
+from .errors import AuthError, NotFoundError, RegistryDown, RegistryError, TransientError
+from .hostqueue import HostQueue
+from .keychain import AuthEntry, Credential, Keychains
+from .names import DOCKER_HUB, DOCKER_HUB_ENDPOINT
 from .ratelimit import RateLimiter
-from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
+from .retry import (
+    RETRYABLE_STATUS,
+    RetryPolicy,
+    describe,
+    is_connection_failure,
+    is_transient,
+    parse_retry_after,
+)
 
 T = TypeVar("T")
-
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 USER_AGENT = "imagesync"
 
-
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(
-        exc, TransientError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
-        | asyncio.TimeoutError | ConnectionError
-    )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` is seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass
-class RetryPolicy:
-    """How often and how patiently to retry. Tests shrink the waits."""
-
-    retries: int = 3
-    initial: float = 0.5
-    maximum: float = 30.0
-    max_retry_after: float = 120.0
-
-    def wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return self.delay(state.attempt_number, exc)
-
-    def delay(self, attempt: int, exc: BaseException | None) -> float:
-        """Before retry number ``attempt`` (1, 2, ...): initial * 2^(attempt-1) plus up to
-        ``initial`` of jitter, capped; never less than the server's ``Retry-After``."""
-        backoff = min(self.initial * 2 ** (attempt - 1) + random.uniform(0, self.initial),
-                      self.maximum)
-        after = getattr(exc, "retry_after", None)
-        if after is not None:
-            return min(max(after, backoff), self.max_retry_after)
-        return backoff
+#: Set while a destination's upload reads its source: the upload's slot covers the
+#: read, so it takes no second slot (two slots held at once could deadlock two
+#: registries copying into each other).
+unslotted: contextvars.ContextVar[bool] = contextvars.ContextVar("unslotted", default=False)
 
 
 @dataclass
@@ -100,26 +71,6 @@ class Endpoint:
     entry: AuthEntry | None  # the entry that set TLS options / endpoint, if any
     tokens: BearerTokens
     challenge: Challenge | None = None
-    gate: HostGate = field(default_factory=lambda: HostGate())
-
-
-@dataclass
-class HostGate:
-    """Shared backoff for one registry: after a 429 or 503, every request to it waits
-    until the registry's ``Retry-After`` has passed, not just the one that was refused.
-    Requests to other registries are not affected."""
-
-    not_before: float = 0.0
-    holds: int = 0  # how often the registry asked us to back off (tests, logs)
-
-    def hold(self, seconds: float) -> None:
-        self.holds += 1
-        self.not_before = max(self.not_before, time.monotonic() + seconds)
-
-    async def wait(self) -> None:
-        delay = self.not_before - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
 
 @dataclass
@@ -133,27 +84,31 @@ class Response:
 
 
 @dataclass
-class Transport:
-    """Owns the HTTP session and everything that is per registry host."""
+class Client:
+    """Owns the HTTP session and everything that is per registry."""
 
-    credentials: CredentialStore
+    keychain: Keychains
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    connections: int = 64
-    per_registry: int = 0  # cap on connections to one registry host (0: only the total)
+    concurrency: int = 8    # requests in flight per registry
+    per_registry: int = 0   # a fixed cap that wins over ``concurrency`` (0: none)
     log: Any = field(default_factory=structlog.get_logger)
     ratelimits: RateLimiter = field(default_factory=RateLimiter)
-    auth_retries: int = 0  # requests repeated after a 401 (tests: no storms)
+    auth_retries: int = 0   # requests repeated after a 401 (tests: no storms)
+    retries: int = 0        # requests tried again (the report, metrics)
     _session: aiohttp.ClientSession | None = None
-    _endpoints: dict[str, asyncio.Future[Endpoint]] = field(default_factory=dict)
+    _endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    _discovering: dict[str, asyncio.Future[Endpoint]] = field(default_factory=dict)
+    _queues: dict[str, HostQueue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ratelimits.log is None:
             self.ratelimits.log = self.log
 
-    async def __aenter__(self) -> Transport:
-        connector = aiohttp.TCPConnector(limit=self.connections,
-                                         limit_per_host=self.per_registry, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
+    async def __aenter__(self) -> Client:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=None, connect=None,
+                                        sock_connect=self.policy.connect_timeout,
+                                        sock_read=self.policy.timeout)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
             auto_decompress=False,
@@ -166,48 +121,91 @@ class Transport:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use Transport as an async context manager"
+        assert self._session is not None, "use Client as an async context manager"
         return self._session
 
-    # -- retries -------------------------------------------------------------------
-    async def retrying(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
-        """Run ``fn`` again after transient failures, with backoff; re-raise the last error."""
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            self.log.warning("retrying", what=what, attempt=state.attempt_number,
-                             error=str(exc) or type(exc).__name__,
-                             wait=round(state.upcoming_sleep, 2))
+    def queue(self, host: str) -> HostQueue:
+        q = self._queues.get(host)
+        if q is None:
+            limit = self.per_registry or self.concurrency
+            q = self._queues[host] = HostQueue(host, limit, self.log)
+        return q
 
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.policy.retries + 1), wait=self.policy.wait,
-            retry=retry_if_exception(is_transient), reraise=True, before_sleep=before_sleep,
-        ):
-            with attempt:
-                return await fn()
-        raise AssertionError("unreachable")
+    @property
+    def queues(self) -> dict[str, HostQueue]:
+        return dict(self._queues)
 
-    # -- endpoints -----------------------------------------------------------------
+    # -- 1. retry ------------------------------------------------------------------
+    async def retrying(self, fn: Callable[[], Awaitable[T]], what: str,
+                       registry: str | None = None,
+                       progress: Callable[[], int] | None = None) -> T:
+        """Run ``fn`` (one attempt of a request to ``registry``) until it succeeds, fails
+        for good, or runs out of retries; re-raise the last error. ``progress``: for a
+        resumable operation, how far it got; any progress restores the full budget."""
+        queue = self.queue(registry) if registry else None
+        attempt = 0
+        done = progress() if progress else 0
+        while True:
+            if queue is not None and queue.down:
+                raise RegistryDown(f"{registry} is unreachable ({queue.down})")
+            epoch = queue.epoch if queue is not None else 0
+            try:
+                result = await fn()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                if progress is not None and progress() > done:
+                    done, attempt = progress(), 0
+                attempt += 1
+                reason = e.args[0] if isinstance(e, TransientError) else describe(e)
+                if queue is not None and is_connection_failure(e):
+                    # One failure cycle of the registry, however many requests saw it.
+                    queue.unreachable(epoch, self.policy.delay(queue.failures + 1, e),
+                                      self.policy.retries, reason)
+                    if queue.down:
+                        raise RegistryDown(f"{registry} is unreachable ({queue.down})"
+                                           ) from None
+                    if attempt > self.policy.retries + 1:
+                        raise
+                    self.retries += 1
+                    continue  # the queue's gate holds the next attempt
+                if attempt > self.policy.retries:
+                    raise
+                wait = self.policy.delay(attempt, e)
+                self.retries += 1
+                self.log.warning("retrying", what=what, attempt=attempt, error=reason,
+                                 wait=round(wait, 2))
+                await asyncio.sleep(wait)
+                continue
+            if queue is not None:
+                queue.reachable()
+            return result
+
+    # -- 2. endpoint ---------------------------------------------------------------
     def endpoint_base(self, registry: str) -> str:
         """Base URL of a registry already reached (relative Locations resolve against it)."""
-        return self._endpoints[registry].result().base
+        return self._endpoints[registry].base
 
     async def endpoint(self, registry: str) -> Endpoint:
-        fut = self._endpoints.get(registry)
+        """One attempt at finding the registry, shared by concurrent callers; a failure
+        is not remembered here (the retry layer and the queue's health do that)."""
+        ep = self._endpoints.get(registry)
+        if ep is not None:
+            return ep
+        fut = self._discovering.get(registry)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._endpoints[registry] = fut
-            try:
-                fut.set_result(await self.retrying(lambda: self._discover(registry),
-                                                   f"ping {registry}"))
-            except BaseException as e:
-                fut.set_exception(e)
-                del self._endpoints[registry]
-                fut.exception()  # mark retrieved: waiters re-raise it themselves
-                raise
+            fut = asyncio.ensure_future(self._discover(registry))
+            self._discovering[registry] = fut
+
+            def done(f: asyncio.Future[Endpoint]) -> None:
+                self._discovering.pop(registry, None)
+                if not f.cancelled() and f.exception() is None:
+                    self._endpoints[registry] = f.result()
+            fut.add_done_callback(done)
         return await asyncio.shield(fut)
 
     async def _discover(self, registry: str) -> Endpoint:
-        entry = self.credentials.registry_entry(registry)
+        entry = self.keychain.entries.registry_entry(registry)
         host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
         scheme = None
         if entry and entry.endpoint:
@@ -232,25 +230,43 @@ class Transport:
         untrusted: aiohttp.ClientConnectorCertificateError | None = None
         for base in candidates:
             try:
-                async with self.session.get(f"{base}/v2/", ssl=ctx,
-                                            allow_redirects=False) as resp:
-                    await resp.read()
-                    challenge = (Challenge.parse(resp.headers.get("WWW-Authenticate"))
-                                 if resp.status == 401 else None)
-                    if resp.status in RETRYABLE_STATUS:
-                        raise TransientError(f"{registry}: /v2/ answered {resp.status}",
-                                             parse_retry_after(resp.headers.get("Retry-After")))
-                    if base.startswith("http:") and not scheme and not _speaks_registry(resp):
-                        # e.g. Go's "400 Client sent an HTTP request to an HTTPS server"
-                        continue
+                async with self.queue(registry).slot():
+                    async with self.session.get(f"{base}/v2/", ssl=ctx,
+                                                allow_redirects=False) as resp:
+                        await resp.read()
             except aiohttp.ClientConnectorCertificateError as e:
                 last = untrusted = e
                 continue
-            except (aiohttp.ClientSSLError, aiohttp.ClientConnectorError,
-                    aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            except aiohttp.ClientSSLError as e:
+                if _client_cert_refused(e):
+                    raise _tls_error(registry, e, entry) from None
+                last = e  # e.g. HTTPS to a plain-HTTP registry: try the next candidate
+                continue
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError, aiohttp.ServerTimeoutError,
+                    asyncio.TimeoutError) as e:
+                if _client_cert_refused(e):
+                    raise _tls_error(registry, e, entry) from None
+                if (isinstance(e, aiohttp.ServerDisconnectedError) and base.startswith("https:")
+                        and not (entry and entry.cert_file)):
+                    # TLS was set up, then the registry hung up without a word: what
+                    # servers that want a client certificate do (Python's, Go's on TLS 1.3).
+                    where = entry.where if entry else f"an auth entry {registry!r}"
+                    raise TransientError(
+                        f"{registry}: the registry closed the TLS connection without "
+                        "answering; if it requires a client certificate, set cert_file and "
+                        f"key_file in {where}", unreachable=True) from None
                 last = e
                 continue
-            tokens = BearerTokens(registry, self._fetch_token_for(ctx))
+            if resp.status in RETRYABLE_STATUS:
+                raise TransientError(f"{registry}: /v2/ answered {resp.status}",
+                                     parse_retry_after(resp.headers.get("Retry-After")))
+            if base.startswith("http:") and not scheme and not _speaks_registry(resp):
+                # e.g. Go's "400 Client sent an HTTP request to an HTTPS server"
+                continue
+            challenge = (Challenge.parse(resp.headers.get("WWW-Authenticate"))
+                         if resp.status == 401 else None)
+            tokens = BearerTokens(registry, self._token_fetcher(ctx))
             self.log.debug("endpoint", registry=registry, base=base,
                            auth=challenge.scheme if challenge else "none")
             return Endpoint(registry, base, ctx, entry, tokens, challenge)
@@ -259,41 +275,45 @@ class Transport:
             raise RegistryError(
                 f"{registry}: TLS certificate not trusted ({_cert_reason(untrusted)}): set "
                 f"ca_file in {where} to the CA that signed it, or insecure: true")
-        raise TransientError(f"{registry}: cannot connect ({_describe(last)})")
+        if isinstance(last, aiohttp.ClientSSLError):
+            raise _tls_error(registry, last, entry)
+        raise TransientError(f"{registry}: {describe(last) if last else 'no answer'}",
+                             unreachable=True)
 
-    def _fetch_token_for(self, ctx: ssl.SSLContext | bool):
+    # -- 3. authorizer -------------------------------------------------------------
+    def _token_fetcher(self, ctx: ssl.SSLContext | bool) -> TokenFetcher:
         async def fetch(method: str, realm: str, params: list[tuple[str, str]],
                         authz: str | None) -> dict:
             headers = {"Authorization": authz} if authz else {}
             if method == "POST":  # OAuth2: the form carries the (refresh) token
-                call = self.session.post(realm, data=params, headers=headers, ssl=ctx)
+                status, hdrs, body = await self.send_once(method, realm, data=params,
+                                                      headers=headers, ssl=ctx)
             else:
-                call = self.session.get(realm, params=params, headers=headers, ssl=ctx)
-            async with call as resp:
-                body = await resp.read()
-                if resp.status in (401, 403):
-                    raise AuthError(f"token server refused the credentials ({resp.status})",
-                                    status=resp.status)
-                if resp.status in RETRYABLE_STATUS:
-                    raise TransientError(f"token server answered {resp.status}",
-                                         parse_retry_after(resp.headers.get("Retry-After")))
-                if resp.status != 200:
-                    code = _oauth_error(body)
-                    status = 401 if code == "invalid_grant" else resp.status
-                    raise AuthError(f"token server answered {resp.status}"
-                                    + (f" ({code})" if code else ""), status=status)
-                try:
-                    answer = json.loads(body)
-                except ValueError as e:
-                    raise AuthError("token server answered with invalid JSON") from e
-                if not isinstance(answer, dict):
-                    raise AuthError("token server answered with invalid JSON")
-                return answer
+                status, hdrs, body = await self.send_once(method, realm, params=params,
+                                                      headers=headers, ssl=ctx)
+            if status in (401, 403):
+                raise AuthError(f"token server refused the credentials ({status})",
+                                status=status)
+            if status in RETRYABLE_STATUS:
+                raise TransientError(f"token server answered {status}",
+                                     parse_retry_after(hdrs.get("Retry-After")))
+            if status != 200:
+                code = _oauth_error(body)
+                raise AuthError(f"token server answered {status}"
+                                + (f" ({code})" if code else ""),
+                                status=401 if code == "invalid_grant" else status)
+            try:
+                answer = json.loads(body)
+            except ValueError as e:
+                raise AuthError("token server answered with invalid JSON") from e
+            if not isinstance(answer, dict):
+                raise AuthError("token server answered with invalid JSON")
+            return answer
         return fetch
 
     async def _credential(self, ep: Endpoint, scopes: Sequence[str]) -> Credential | None:
         try:
-            return await self.credentials.resolve(ep.registry, scope_repository(scopes))
+            return await self.keychain.resolve(ep.registry, scope_repository(scopes))
         except AuthError as e:
             raise AuthError(f"{ep.registry}: {e}", status=e.status) from None
 
@@ -312,102 +332,199 @@ class Transport:
                     # A short-lived credential (helper, cloud) the token server refuses may
                     # just have expired early: fetch it anew, once.
                     if (attempt == 1 and e.status == 401 and cred is not None
-                            and self.credentials.invalidate(ep.registry,
-                                                            scope_repository(scopes), cred)):
+                            and self.keychain.invalidate(ep.registry,
+                                                         scope_repository(scopes), cred)):
                         cred = await self._credential(ep, scopes)
                         continue
                     raise AuthError(f"{ep.registry}: {e} using "
-                                    f"{self.credentials.describe(ep.registry, cred)}",
+                                    f"{self.keychain.describe(ep.registry, cred)}",
                                     status=e.status) from None
         if ch.scheme == "basic" and cred is not None and cred.username is not None:
             return basic_header(cred.username, cred.password or ""), cred
         return None, cred
 
-    # -- requests ------------------------------------------------------------------
+    # -- 4 + 5. one attempt: queue, send, classify ---------------------------------
     @contextlib.asynccontextmanager
     async def stream(
         self, method: str, registry: str, path: str, *, scopes: Sequence[str] = (),
         headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
         data: Any = None, ok: Sequence[int] = (200,),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request, authorised, answered with one of ``ok`` (else a typed error).
+        """One attempt of one request, authorised, answered with one of ``ok`` (else a
+        typed error). The registry's slot is held until the response is released.
 
         ``scopes``: what the bearer token must grant, e.g. ``repository:a/b:pull``; the
         first repository scope also picks the credential (longest-prefix auth entry).
-        A cross-repository mount passes :func:`imagesync.auth.mount_scopes`.
         """
+        queue = self.queue(registry)
+        if queue.down:
+            raise RegistryDown(f"{registry} is unreachable ({queue.down})")
         ep = await self.endpoint(registry)
         url = path if path.startswith(("http://", "https://")) else urljoin(ep.base, path)
+        what = f"{method} {_short(url)}"
         replayable = data is None or isinstance(data, bytes | str)
-        for attempt in (1, 2):
-            authz, cred = await self._authorization(ep, scopes)
-            hdrs = dict(headers or {})
-            if authz:
-                hdrs["Authorization"] = authz
-            await self.ratelimits.before(registry, method, _short(url))
-            await ep.gate.wait()
-            resp = await self.session.request(method, url, headers=hdrs, params=params,
-                                              data=data, ssl=ep.ssl)
-            self.ratelimits.observe(registry, resp.headers)
-            if resp.status == 401 and attempt == 1:
-                challenge = Challenge.parse(resp.headers.get("WWW-Authenticate"))
-                resp.release()
-                if challenge is None:
-                    break
-                self.auth_retries += 1
-                if authz and authz.startswith("Bearer "):
-                    ep.tokens.invalidate(scopes, authz[7:], cred)
-                elif cred is not None:
-                    self.credentials.invalidate(registry, scope_repository(scopes), cred)
-                ep.challenge = challenge
-                wanted = challenge.params.get("scope") if challenge.scheme == "bearer" else None
-                if wanted:  # the registry says what it needs (e.g. pull on a mount's source)
-                    scopes = list(dict.fromkeys([*scopes, *wanted.split()]))
-                if not replayable:
-                    raise TransientError(f"{method} {_short(url)}: token expired mid-request")
-                continue
-            break
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            for attempt in (1, 2):
+                authz, cred = await self._authorization(ep, scopes)
+                hdrs = dict(headers or {})
+                if authz:
+                    hdrs["Authorization"] = authz
+                await self.ratelimits.before(registry, method, _short(url))
+                if unslotted.get():
+                    await queue.wait_gate()  # no slot of its own, but the backoff holds
+                else:
+                    await stack.enter_async_context(queue.slot())
+                started = time.monotonic()
+                resp = await _classified(
+                    self.session.request(method, url, headers=hdrs, params=params,
+                                         data=data, ssl=ep.ssl), what, self.policy, ep)
+                self.log.debug("request", method=method, url=_short(url), status=resp.status,
+                               seconds=round(time.monotonic() - started, 3))
+                stack.callback(resp.release)
+                self.ratelimits.observe(registry, resp.headers)
+                if resp.status == 401 and attempt == 1:
+                    challenge = Challenge.parse(resp.headers.get("WWW-Authenticate"))
+                    if challenge is None:
+                        break  # nothing to renew: a plain refusal
+                    resp.release()
+                    self.auth_retries += 1
+                    if authz and authz.startswith("Bearer "):
+                        ep.tokens.invalidate(scopes, authz[7:], cred)
+                    elif cred is not None:
+                        self.keychain.invalidate(registry, scope_repository(scopes), cred)
+                    ep.challenge = challenge
+                    wanted = (challenge.params.get("scope") if challenge.scheme == "bearer"
+                              else None)
+                    if wanted:  # the registry says what it needs (pull on a mount's source)
+                        scopes = list(dict.fromkeys([*scopes, *wanted.split()]))
+                    if not replayable:
+                        raise TransientError(f"{what}: token expired mid-request")
+                    await stack.aclose()  # give the slot back before asking again
+                    continue
+                break
             if resp.status not in ok:
                 await self._raise_for(resp, ep, method, url, scopes, cred)
             yield resp
-        finally:
-            resp.release()
 
     async def request(self, method: str, registry: str, path: str, **kw: Any) -> Response:
-        """A small request, read whole and retried on transient failures."""
+        """A small request, read whole, retried by the retry layer."""
         async def once() -> Response:
             async with self.stream(method, registry, path, **kw) as resp:
-                return Response(resp.status, resp.headers, await resp.read(), str(resp.url))
-        return await self.retrying(once, f"{method} {registry}{path}")
+                try:
+                    body = await resp.read()
+                except Exception as e:
+                    raise _translate(e, f"{method} {_short(str(resp.url))}",
+                                     self.policy) from None
+                return Response(resp.status, resp.headers, body, str(resp.url))
+        return await self.retrying(once, f"{method} {registry}{_short(path)}", registry)
+
+    async def send(self, method: str, url: str, *, data: Any = None,
+                   headers: dict[str, str] | None = None,
+                   ssl: ssl.SSLContext | bool = True) -> tuple[int, Any, bytes]:
+        """One request to a non-registry URL (cloud APIs), retried: (status, headers, body)."""
+        host = urlsplit(url).netloc
+        return await self.retrying(
+            lambda: self.send_once(method, url, data=data, headers=headers, ssl=ssl),
+            f"{method} {_short(url)}", host)
+
+    async def send_once(self, method: str, url: str, *, data: Any = None,
+                    params: Any = None, headers: dict[str, str] | None = None,
+                    ssl: ssl.SSLContext | bool = True) -> tuple[int, Any, bytes]:
+        """One attempt, through the queue of the URL's host (token servers, cloud APIs)."""
+        what = f"{method} {_short(url)}"
+        async with self.queue(urlsplit(url).netloc).slot():
+            resp = await _classified(
+                self.session.request(method, url, data=data, params=params,
+                                     headers=headers, ssl=ssl), what, self.policy, None)
+            try:
+                body = await resp.read()
+            except Exception as e:
+                raise _translate(e, what, self.policy) from None
+            finally:
+                resp.release()
+        return resp.status, resp.headers, body
 
     async def _raise_for(self, resp: aiohttp.ClientResponse, ep: Endpoint, method: str,
                          url: str, scopes: Sequence[str],
                          cred: Credential | None = None) -> None:
         status = resp.status
-        body = await resp.read() if method != "HEAD" else b""
+        body = b""
+        if method != "HEAD":
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                body = await resp.read()
         code, detail = _error_detail(body)
         what = f"{method} {_short(url)}"
         if status in RETRYABLE_STATUS:
             after = parse_retry_after(resp.headers.get("Retry-After"))
             if status in (429, 503):
                 # The registry is throttling or overloaded: hold every request to it.
-                ep.gate.hold(min(after if after is not None else self.policy.initial,
-                                 self.policy.max_retry_after))
+                self.queue(ep.registry).hold(min(
+                    after if after is not None else self.policy.initial,
+                    self.policy.max_retry_after))
             raise TransientError(f"{what}: {status} {detail}".strip(), after)
         if status in (401, 403):
             verb = "authentication failed" if status == 401 else "access denied"
             need = ", ".join(scopes) or "access"
             raise AuthError(f"{ep.registry}: {verb} ({status}) for {need} using "
-                            f"{self.credentials.describe(ep.registry, cred)}",
+                            f"{self.keychain.describe(ep.registry, cred)}",
                             status=status, code=code)
         if status == 404:
             raise NotFoundError(f"{what}: not found ({code or 404})", status=status, code=code)
         raise RegistryError(f"{what}: {status} {code or ''} {detail}".strip(),
                             status=status, code=code)
 
-    def resolve(self, ep_base: str, location: str) -> str:
-        return urljoin(ep_base, location)
+
+async def _classified(call: Awaitable[aiohttp.ClientResponse], what: str,
+                      policy: RetryPolicy, ep: Endpoint | None) -> aiohttp.ClientResponse:
+    """Send; turn a network failure into an error that names the request."""
+    try:
+        return await call
+    except Exception as e:
+        tls = (isinstance(e, aiohttp.ClientSSLError)
+               and not isinstance(e, aiohttp.ClientConnectorCertificateError))
+        if ep is not None and (tls or _client_cert_refused(e)):
+            raise _tls_error(ep.registry, e, ep.entry) from None
+        raise _translate(e, what, policy) from None
+
+
+def _translate(e: BaseException, what: str, policy: RetryPolicy) -> BaseException:
+    if isinstance(e, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return TransientError(f"{what}: no answer within {policy.timeout:g}s", unreachable=True)
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return TransientError(f"{what}: {describe(e)}", unreachable=True)
+    if isinstance(e, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+                  | ConnectionError) and not isinstance(e, aiohttp.ClientSSLError):
+        return TransientError(f"{what}: {describe(e)}", unreachable=False)
+    return e
+
+
+def _client_cert_refused(e: BaseException) -> bool:
+    """TLS 1.3 reports a refused client certificate only when the first bytes are read."""
+    seen: BaseException | None = e
+    while seen is not None:
+        text = str(seen).lower()
+        if "alert" in text and ("certificate" in text or "handshake" in text):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _tls_error(registry: str, e: BaseException, entry: AuthEntry | None) -> RegistryError:
+    where = entry.where if entry else f"an auth entry {registry!r}"
+    if _client_cert_refused(e):
+        return RegistryError(f"{registry}: the registry refused the TLS client certificate "
+                             f"({_ssl_reason(e)}): check cert_file and key_file in {where}")
+    return RegistryError(f"{registry}: TLS handshake failed ({_ssl_reason(e)}): check the "
+                         f"TLS settings in {where}")
+
+
+def _ssl_reason(e: BaseException) -> str:
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and seen.reason:
+            return seen.reason.lower().replace("_", " ")
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "os_error", None)
+    return describe(e)
 
 
 def _error_detail(body: bytes) -> tuple[str | None, str]:
@@ -423,12 +540,6 @@ def _error_detail(body: bytes) -> tuple[str | None, str]:
 def _short(url: str) -> str:
     """URL without the query string: upload locations carry opaque state."""
     return url.split("?", 1)[0]
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no answer"
-    return str(exc) or type(exc).__name__
 
 
 def _is_loopback(host: str) -> bool:

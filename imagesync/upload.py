@@ -1,11 +1,13 @@
 """Blob uploads to a registry: monolithic for small blobs, chunked and resumable for big.
 
-Small blobs go up as ``POST`` + one streamed ``PUT ?digest=``; a failure retries the
-whole copy. Blobs above the threshold go up as ``PATCH`` chunks with ``Content-Range``:
-after a broken connection the upload's offset is asked of the registry (``GET`` on the
-upload location) and the copy resumes there, reading the source with ``Range`` from the
-same offset. The digest of every byte sent is checked before the final ``PUT``, so bytes
-that do not match the descriptor are never committed.
+Each step is retried on its own: the ``POST`` that opens an upload, then the body.
+Small blobs go up as one streamed ``PUT ?digest=``; a broken ``PUT`` opens a new upload
+and sends again. Blobs above the threshold go up as ``PATCH`` chunks with
+``Content-Range``: after a broken connection the upload's offset is asked of the
+registry (``GET`` on the upload location) and the copy resumes there, reading the source
+with ``Range`` from the same offset; every chunk that arrives restores the retry budget.
+The digest of every byte sent is checked before the final ``PUT``, so bytes that do not
+match the descriptor are never committed.
 """
 
 from __future__ import annotations
@@ -13,19 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urljoin
 
 from yarl import URL
 
 from .errors import IntegrityError, RegistryError, TransientError
 from .manifest import Descriptor
+from .retry import RetryPolicy, is_transient
 from .store import BlobOpener
-from .transport import RetryPolicy, is_transient
-
-if TYPE_CHECKING:
-    from .registry import RegistryRepository
+from .transport import Client, unslotted
 
 # Blobs up to this size go up in one PUT; bigger ones in PATCHes of this size (raised to
 # the registry's OCI-Chunk-Min-Length). Big enough that PATCH round trips don't matter,
@@ -76,7 +77,12 @@ class _Reader:
             try:
                 if self._chunks is None:
                     self._opened = self._source(self._offset)
-                    self._chunks = await self._opened.__aenter__()
+                    # The upload's slot covers this read (see transport.unslotted).
+                    token = unslotted.set(True)
+                    try:
+                        self._chunks = await self._opened.__aenter__()
+                    finally:
+                        unslotted.reset(token)
                 chunk = await self._chunks.__anext__()
                 self._offset += len(chunk)
                 return chunk
@@ -147,29 +153,58 @@ class _State:
     registry_has: int = 0    # what it reported after a break (may be mid-PATCH)
     hasher: Any = None
     chunk: int = PATCH_SIZE
+    broken: bool = False     # the last attempt failed: ask the registry where it is
 
 
 class BlobUploader:
-    def __init__(self, repo: RegistryRepository, chunk_size: int = MONOLITHIC_MAX):
-        self.repo = repo
-        self.transport = repo.registry.transport
+    """Uploads blobs into one repository of one registry."""
+
+    def __init__(self, client: Client, registry: str, path: str, scopes: Sequence[str],
+                 chunk_size: int = MONOLITHIC_MAX):
+        self.client = client
+        self.registry = registry
+        self.path = path
+        self.scopes = list(scopes)
+        self.name = f"{registry}/{path}"
         self.monolithic_max = chunk_size
         self.patch_size = chunk_size
 
+    async def start_upload(self, params: str = "",
+                           scopes: Sequence[str] | None = None) -> tuple[int, str, int]:
+        """One ``POST`` opening an upload (or a mount): (status, location, minimum chunk
+        length). One attempt: the caller's step is what is retried."""
+        async with self.client.stream(
+            "POST", self.registry, f"/v2/{self.path}/blobs/uploads/{params}",
+            scopes=scopes or self.scopes, ok=(201, 202),
+        ) as resp:
+            location = resp.headers.get("Location")
+            status = resp.status
+            min_chunk = int(resp.headers.get("OCI-Chunk-Min-Length") or 0)
+        if not location and status == 202:
+            raise RegistryError(f"{self.name}: upload started without a Location")
+        return status, self._resolve(location or ""), min_chunk
+
     async def upload(self, desc: Descriptor, source: BlobOpener) -> None:
-        what = f"upload {desc.digest[:19]} to {self.repo.name}"
-        if desc.size <= self.monolithic_max:
-            await self.transport.retrying(lambda: self._monolithic(desc, source), what)
-            return
+        what = f"upload {desc.digest[:19]} to {self.name}"
         state = _State()
-        await self.transport.retrying(lambda: self._chunked(desc, source, state), what)
+        _, state.location, min_chunk = await self.client.retrying(
+            self.start_upload, f"start {what}", self.registry)
+        if desc.size <= self.monolithic_max:
+            await self.client.retrying(lambda: self._monolithic(desc, source, state), what,
+                                       self.registry)
+            return
+        state.hasher, state.chunk = _hasher(desc.digest), max(self.patch_size, min_chunk)
+        await self.client.retrying(lambda: self._chunked(desc, source, state), what,
+                                   self.registry, progress=lambda: state.offset)
 
     def _reader(self, source: BlobOpener, offset: int, desc: Descriptor) -> _Reader:
-        return _Reader(source, offset, self.transport.policy, self.transport.log,
+        return _Reader(source, offset, self.client.policy, self.client.log,
                        f"blob {desc.digest[:19]}")
 
-    async def _monolithic(self, desc: Descriptor, source: BlobOpener) -> None:
-        _, location, _ = await self.repo.start_upload()
+    async def _monolithic(self, desc: Descriptor, source: BlobOpener, state: _State) -> None:
+        if state.location is None:  # the last PUT broke: its upload is gone with it
+            _, state.location, _ = await self.start_upload()
+        location, state.location = state.location, None
         h = _hasher(desc.digest)
         reader = self._reader(source, 0, desc)
         try:
@@ -179,9 +214,9 @@ class BlobUploader:
                     yield piece
                 # Check before the request completes: a mismatch aborts the PUT.
                 try:
-                    _check(h, desc, self.repo.name)
+                    _check(h, desc, self.name)
                     if await reader.rest():
-                        raise IntegrityError(f"{self.repo.name}: blob {desc.digest} is "
+                        raise IntegrityError(f"{self.name}: blob {desc.digest} is "
                                              f"larger than its descriptor's {desc.size} bytes")
                 except IntegrityError as e:
                     reader.failure = e
@@ -193,13 +228,14 @@ class BlobUploader:
             await reader.aclose()
 
     async def _chunked(self, desc: Descriptor, source: BlobOpener, state: _State) -> None:
-        if state.location is not None:
+        if state.broken:
             await self._resume(state)
         if state.location is None:
-            _, location, min_chunk = await self.repo.start_upload()
-            state.location, state.offset, state.hasher = location, 0, _hasher(desc.digest)
+            _, state.location, min_chunk = await self.start_upload()
+            state.offset, state.hasher = 0, _hasher(desc.digest)
             state.registry_has = 0
             state.chunk = max(self.patch_size, min_chunk)
+        state.broken = True  # until this attempt ends well
         reader = self._reader(source, state.offset, desc)
         try:
             if state.registry_has > state.offset:
@@ -217,18 +253,19 @@ class BlobUploader:
                 state.location = self._resolve(resp_headers.get("Location") or state.location)
                 state.offset += n
                 state.hasher = h
-            _check(state.hasher, desc, self.repo.name)
+            _check(state.hasher, desc, self.name)
         finally:
             await reader.aclose()
         await self._send("PUT", self._with_digest(state.location, desc), b"", 0,
                          ok=(201, 204))
+        state.broken = False
 
     async def _resume(self, state: _State) -> None:
         """Ask the registry how much of the upload it has; continue from there."""
         assert state.location is not None
         try:
-            async with self.transport.stream("GET", self.repo.registry.name, state.location,
-                                             scopes=self.repo.scopes, ok=(204, 200)) as resp:
+            async with self.client.stream("GET", self.registry, state.location,
+                                          scopes=self.scopes, ok=(204, 200)) as resp:
                 rng = resp.headers.get("Range", "")
                 location = resp.headers.get("Location")
         except RegistryError:
@@ -245,13 +282,12 @@ class BlobUploader:
                     ok: tuple[int, ...], extra: dict[str, str] | None = None) -> Any:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
                    **(extra or {})}
-        async with self.transport.stream(method, self.repo.registry.name, url,
-                                         scopes=self.repo.scopes, data=data,
-                                         headers=headers, ok=ok) as resp:
+        async with self.client.stream(method, self.registry, url, scopes=self.scopes,
+                                      data=data, headers=headers, ok=ok) as resp:
             return resp.headers
 
     def _resolve(self, location: str) -> str:
-        return self.repo.resolve(location)
+        return urljoin(self.client.endpoint_base(self.registry), location)
 
     def _with_digest(self, location: str, desc: Descriptor) -> str:
         return str(URL(location, encoded=True).update_query(digest=desc.digest))

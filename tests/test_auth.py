@@ -9,20 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from imagesync.auth import (
-    AuthEntry,
-    BearerTokens,
-    Challenge,
-    Credential,
-    CredentialStore,
-    _Cached,
-    mount_scopes,
-    scope_repository,
-)
+from imagesync.auth import BearerTokens, Challenge, repository_scope, scope_repository
 from imagesync.config import load
 from imagesync.dockerconfig import DockerConfig, registry_of_key
 from imagesync.errors import AuthError, ConfigError
+from imagesync.keychain import AuthEntry, CachedFetch, Credential
 from imagesync.log import Redactor
+from imagesync.session import default_keychain
 
 
 def b64(text: str) -> str:
@@ -41,7 +34,7 @@ class FakeClock:
 
 
 async def test_longest_prefix_picks_the_credential_per_repository():
-    store = CredentialStore([
+    store = default_keychain([
         AuthEntry("reg.io", "all", "pw-all"),
         AuthEntry("reg.io/team", "team", "pw-team"),
         AuthEntry("reg.io/team/special", token="tok-special"),
@@ -57,7 +50,7 @@ async def test_longest_prefix_picks_the_credential_per_repository():
 
 
 async def test_docker_hub_aliases_share_entries():
-    store = CredentialStore([AuthEntry("index.docker.io", "hub", "pw")])
+    store = default_keychain([AuthEntry("index.docker.io", "hub", "pw")])
     assert (await store.resolve("docker.io", "library/ubuntu")).username == "hub"
 
 
@@ -65,7 +58,7 @@ async def test_password_file_is_read_and_reread_after_rotation(tmp_path: Path):
     key = tmp_path / "key.json"
     key.write_text('{"type": "service_account"}\n')
     clock = FakeClock()
-    store = CredentialStore([AuthEntry("gcr.io", "_json_key", password_file=str(key))],
+    store = default_keychain([AuthEntry("gcr.io", "_json_key", password_file=str(key))],
                             clock=clock)
     cred = await store.resolve("gcr.io", "proj/app")
     assert (cred.username, cred.password) == ("_json_key", '{"type": "service_account"}')
@@ -73,14 +66,14 @@ async def test_password_file_is_read_and_reread_after_rotation(tmp_path: Path):
     assert (await store.resolve("gcr.io", "proj/app")).password == cred.password
     assert store.invalidate("gcr.io", "proj/app", cred)  # e.g. after a 401
     assert (await store.resolve("gcr.io", "proj/app")).password == "rotated"
-    missing = CredentialStore([AuthEntry("x.io", "u", password_file=str(tmp_path / "nope"))])
+    missing = default_keychain([AuthEntry("x.io", "u", password_file=str(tmp_path / "nope"))])
     with pytest.raises(AuthError, match="cannot read password_file of the config auth entry"):
         await missing.resolve("x.io", "a")
 
 
 async def test_tls_only_entry_falls_through_to_docker_config():
     dc = DockerConfig.from_dict({"auths": {"reg.io": {"auth": b64("u:p")}}})
-    store = CredentialStore([AuthEntry("reg.io", insecure=True)], docker_config=dc)
+    store = default_keychain([AuthEntry("reg.io", insecure=True)], docker_config=dc)
     cred = await store.resolve("reg.io", "x")
     assert (cred.username, cred.password) == ("u", "p")
     assert cred.source == "Docker config (auths['reg.io'])"
@@ -96,7 +89,7 @@ def test_reprs_never_show_secrets():
 def test_secrets_include_base64_forms_and_reach_the_redactor():
     redact = Redactor()
     dc = DockerConfig.from_dict({"auths": {"h.io": {"auth": b64("dockeruser:docker-pw")}}})
-    CredentialStore([AuthEntry("r.io", "u", "cfg-pw"), AuthEntry("t.io", token="cfg-tok")],
+    default_keychain([AuthEntry("r.io", "u", "cfg-pw"), AuthEntry("t.io", token="cfg-tok")],
                     docker_config=dc, on_secret=redact.add)
     for secret in ("cfg-pw", b64("u:cfg-pw"), b64("cfg-pw"), "cfg-tok", "docker-pw",
                    b64("dockeruser:docker-pw")):
@@ -106,17 +99,16 @@ def test_secrets_include_base64_forms_and_reach_the_redactor():
 async def test_resolved_secrets_are_registered():
     seen: list[str] = []
     dc = DockerConfig.from_dict({"auths": {"h.io": {"identitytoken": "idtok-77"}}})
-    store = CredentialStore([], docker_config=dc, on_secret=seen.append)
+    store = default_keychain([], docker_config=dc, on_secret=seen.append)
     cred = await store.resolve("h.io", "a")
     assert cred.identity_token == "idtok-77" and "idtok-77" in seen
 
 
 def test_scope_helpers():
-    assert mount_scopes("dst/a", "src/b") == ["repository:dst/a:pull,push",
-                                              "repository:src/b:pull"]
-    assert mount_scopes("a", "a") == ["repository:a:pull,push"]
+    assert repository_scope("dst/a", True) == "repository:dst/a:pull,push"
+    assert repository_scope("src/b", False) == "repository:src/b:pull"
     assert scope_repository(["registry:catalog:*"]) is None
-    assert scope_repository(mount_scopes("dst/a", "src/b")) == "dst/a"
+    assert scope_repository(["repository:dst/a:pull,push", "repository:src/b:pull"]) == "dst/a"
     assert scope_repository(["repository(plugin):x/y:pull"]) == "x/y"
 
 
@@ -253,7 +245,7 @@ async def test_dynamic_credentials_single_flight_expiry_and_error_memory():
             raise AuthError("helper broke")
         return Credential("u", f"pw{calls}", source="s", expires_at=clock.now + 60)
 
-    cached = _Cached(fetch, clock)
+    cached = CachedFetch(fetch, clock)
     first = await asyncio.gather(*(cached.get() for _ in range(10)))
     assert {c.password for c in first} == {"pw1"} and calls == 1
     assert cached.invalidate(first[0]) and (await cached.get()).password == "pw2"
@@ -263,10 +255,10 @@ async def test_dynamic_credentials_single_flight_expiry_and_error_memory():
     with pytest.raises(AuthError):  # remembered, not retried at once
         await cached.get()
     assert calls == 3
-    clock.now += _Cached.ERROR_TTL + 1
+    clock.now += CachedFetch.ERROR_TTL + 1
     assert (await cached.get()).password == "pw4"
     static = Credential("u", "p", source="s")
-    assert not _Cached(fetch, clock).invalidate(static)
+    assert not CachedFetch(fetch, clock).invalidate(static)
 
 
 # -- config schema -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from imagesync.auth import AuthEntry, Credential, CredentialStore, repository_scope
+from imagesync.auth import repository_scope
 from imagesync.cloud.ecr import (
     MIN_REUSE,
     TARGET,
@@ -29,7 +29,10 @@ from imagesync.cloud.ecr import (
     sigv4_headers,
 )
 from imagesync.errors import AuthError
-from imagesync.transport import RetryPolicy, Transport
+from imagesync.keychain import AuthEntry, Credential
+from imagesync.retry import RetryPolicy
+from imagesync.session import default_keychain
+from imagesync.transport import Client
 from tests.support.cli import run_cli
 from tests.support.images import RegistryAPI, push_random_image
 
@@ -91,12 +94,17 @@ async def test_ecr_token_refreshed_when_due_and_after_a_refusal(moto_url, regist
     clock = FakeClock()
     entry = AuthEntry(ECR_HOST, aws_access_key_id="AKID", aws_secret_access_key="sk",
                       aws_endpoint_url=moto_url, endpoint=ecr.host)
-    store = CredentialStore([entry], clock=clock)
+    client: list[Client] = []
+    store = default_keychain([entry], clock=clock, http=lambda: client[0] if client else None)
+    outer = Client(store, RetryPolicy(retries=0))
+    await outer.__aenter__()
+    client.append(outer)
     first = await store.resolve(ECR_HOST, "app")
     assert (first.username, first.password) == ("AWS", ECR_PASSWORD)
     assert first.source == ("ECR GetAuthorizationToken (access key from the auth entry, region "
                             f"us-east-1) for the config auth entry '{ECR_HOST}'")
-    cached = next(iter(store._providers.values()))
+    (entries, *_) = store.keychains
+    cached = entries.cached(ECR_HOST, "app")
     assert await store.resolve(ECR_HOST, "app") is first and cached.fetches == 1
     # moto's expiresAt is in 2015: reused for MIN_REUSE seconds, not fetched per request.
     clock.now += MIN_REUSE + 1
@@ -104,7 +112,7 @@ async def test_ecr_token_refreshed_when_due_and_after_a_refusal(moto_url, regist
 
     # A password the registry no longer takes is fetched anew, once, and the request retried.
     cached._value = Credential("AWS", "expired-token", source="x", expires_at=clock.now + 999)
-    async with Transport(store, RetryPolicy(retries=0)) as t:
+    async with outer as t:
         answer = await t.request("GET", ECR_HOST, "/v2/app/tags/list",
                                  scopes=[repository_scope("app", False)])
     assert json.loads(answer.body)["tags"] == ["v1"]
@@ -119,7 +127,7 @@ async def test_ecr_profile_uses_boto3(tmp_path, moto_url, monkeypatch):
     seen: list[str] = []
     entry = AuthEntry("111122223333.dkr.ecr.eu-west-1.amazonaws.com", aws_profile="migration",
                       aws_endpoint_url=moto_url)
-    provider = ECRProvider(entry, entry.registry, os.environ, seen.append)
+    provider = ECRProvider(entry, entry.registry, os.environ, seen.append, http=lambda: None)
     cred = await provider.fetch()
     assert cred.username == "AWS" and cred.password.endswith("-auth-token")
     assert "AWS profile 'migration', region eu-west-1" in cred.source
@@ -131,12 +139,15 @@ async def test_ecr_keys_from_the_environment_and_clear_errors(moto_url, monkeypa
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     entry = AuthEntry("registry.example.com", aws_region="ap-south-1",
                       aws_endpoint_url=moto_url)
-    cred = await ECRProvider(entry, entry.registry, os.environ, lambda s: None).fetch()
+    async with Client(default_keychain()) as client:
+        cred = await ECRProvider(entry, entry.registry, os.environ, lambda s: None,
+                                 http=lambda: client).fetch()
     assert "access key from AWS_ACCESS_KEY_ID, region ap-south-1" in cred.source
 
     no_region = AuthEntry("registry.example.com", aws_endpoint_url=moto_url)
     with pytest.raises(AuthError, match="set aws_region"):
-        await ECRProvider(no_region, no_region.registry, {}, lambda s: None).fetch()
+        await ECRProvider(no_region, no_region.registry, {}, lambda s: None,
+                          http=lambda: None).fetch()
 
 
 def test_ecr_host_parsing_and_refresh_schedule():
@@ -192,7 +203,9 @@ async def test_ecr_refusal_is_an_auth_error(tmp_path, monkeypatch):
         entry = AuthEntry(ECR_HOST, aws_access_key_id="AKID", aws_secret_access_key="sk",
                           aws_endpoint_url=f"http://127.0.0.1:{port}")
         with pytest.raises(AuthError) as info:
-            await ECRProvider(entry, ECR_HOST, {}, lambda s: None).fetch()
+            async with Client(default_keychain()) as client:
+                await ECRProvider(entry, ECR_HOST, {}, lambda s: None,
+                                  http=lambda: client).fetch()
         assert str(info.value) == ("ECR GetAuthorizationToken failed: "
                                    "UnrecognizedClientException The security token is invalid.")
     finally:

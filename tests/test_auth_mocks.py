@@ -14,11 +14,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagesync import transport as transport_mod
-from imagesync.auth import AuthEntry, CredentialStore, repository_scope
+from imagesync.auth import repository_scope
 from imagesync.dockerconfig import DockerConfig
-from imagesync.errors import AuthError, TransientError
+from imagesync.errors import AuthError, RegistryDown, TransientError
+from imagesync.keychain import AuthEntry
 from imagesync.ratelimit import RateLimiter, parse_ratelimit
-from imagesync.transport import RetryPolicy, Transport
+from imagesync.retry import RetryPolicy
+from imagesync.session import default_keychain
+from imagesync.transport import Client
 from tests.support.certs import CertAuthority, write_cert, write_key
 
 MANIFEST = b'{"schemaVersion": 2}'
@@ -92,8 +95,8 @@ async def test_docker_hub_name_realm_and_rate_limit(aiohttp_server, monkeypatch)
 
     log = Log()
     limiter = RateLimiter(sleep=sleep, clock=clock, max_delay=600)
-    store = CredentialStore([AuthEntry("index.docker.io", "hubuser", "hub-pw")])
-    async with Transport(store, RetryPolicy(retries=0), log=log, ratelimits=limiter) as t:
+    store = default_keychain([AuthEntry("index.docker.io", "hubuser", "hub-pw")])
+    async with Client(store, RetryPolicy(retries=0), log=log, ratelimits=limiter) as t:
         for _ in range(3):  # HEAD is no pull: never slowed down
             await t.request("HEAD", "docker.io", "/v2/library/ubuntu/manifests/latest",
                             scopes=PULL)
@@ -167,12 +170,12 @@ async def test_acr_identity_token_exchange(aiohttp_server, where):
     server = await aiohttp_server(acr_app(seen))
     host = f"127.0.0.1:{server.port}"
     if where == "config":
-        store = CredentialStore([AuthEntry(host, identity_token="acr-refresh-token")])
+        store = default_keychain([AuthEntry(host, identity_token="acr-refresh-token")])
     else:
-        store = CredentialStore([], docker_config=DockerConfig.from_dict({"auths": {host: {
+        store = default_keychain([], docker_config=DockerConfig.from_dict({"auths": {host: {
             "auth": "MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwOg==",
             "identitytoken": "acr-refresh-token"}}}))
-    async with Transport(store, RetryPolicy(retries=0)) as t:
+    async with Client(store, RetryPolicy(retries=0)) as t:
         answer = await t.request("GET", host, "/v2/team/app/tags/list",
                                  scopes=[repository_scope("team/app", False)])
     assert answer.body == b'{"name": "team/app", "tags": ["v1"]}'
@@ -184,8 +187,8 @@ async def test_acr_identity_token_exchange(aiohttp_server, where):
 async def test_acr_bad_identity_token_is_one_line(aiohttp_server):
     server = await aiohttp_server(acr_app([]))
     host = f"127.0.0.1:{server.port}"
-    store = CredentialStore([AuthEntry(host, identity_token="revoked")])
-    async with Transport(store, RetryPolicy(retries=0)) as t:
+    store = default_keychain([AuthEntry(host, identity_token="revoked")])
+    async with Client(store, RetryPolicy(retries=0)) as t:
         with pytest.raises(AuthError) as info:
             await t.request("GET", host, "/v2/team/app/tags/list",
                             scopes=[repository_scope("team/app", False)])
@@ -235,13 +238,16 @@ async def test_mutual_tls(tmp_path: Path):
     host = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     try:
         entry = AuthEntry(host, ca_file=str(ca.cert_file), cert_file=str(crt), key_file=str(key))
-        async with Transport(CredentialStore([entry]), RetryPolicy(retries=0)) as t:
+        async with Client(default_keychain([entry]), RetryPolicy(retries=0)) as t:
             answer = await t.request("GET", host, "/v2/x/tags/list")
             assert answer.body == b'{"tags": ["t"]}'
             assert (await t.endpoint(host)).base == f"https://{host}"
         no_cert = AuthEntry(host, ca_file=str(ca.cert_file))
-        async with Transport(CredentialStore([no_cert]), RetryPolicy(retries=0)) as t:
-            with pytest.raises(TransientError, match=f"{host}: cannot connect"):
+        async with Client(default_keychain([no_cert]), RetryPolicy(retries=0)) as t:
+            with pytest.raises(RegistryDown, match=(
+                    f"{host}: the registry closed the TLS connection without answering; if it "
+                    "requires a client certificate, set cert_file and key_file in the config "
+                    "auth entry")):
                 await t.request("GET", host, "/v2/x/tags/list")
     finally:
         await runner.cleanup()

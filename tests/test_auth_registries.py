@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from imagesync.auth import AuthEntry, CredentialStore, mount_scopes, repository_scope
+from imagesync.auth import repository_scope
 from imagesync.errors import AuthError
-from imagesync.transport import RetryPolicy, Transport
+from imagesync.keychain import AuthEntry
+from imagesync.retry import RetryPolicy
+from imagesync.session import default_keychain, keychain_from_environment
+from imagesync.transport import Client
 from tests.support.cli import CliRun, run_cli
 from tests.support.images import RegistryAPI, push_random_image
 from tests.support.proxy import Proxy
@@ -161,10 +164,10 @@ async def test_concurrent_tasks_share_one_token_and_refresh_it_once_after_401(
     api = RegistryAPI(token_registry, *TOKEN_USER)
     img = push_random_image(api, "app", "v1", (256,))
     short_lived(token_issuer, real_ttl=1)
-    store = CredentialStore([AuthEntry(token_registry.host, *TOKEN_USER)])
+    store = default_keychain([AuthEntry(token_registry.host, *TOKEN_USER)])
     pull = [repository_scope("app", False)]
     start = len(token_issuer.requests)
-    async with Transport(store, RetryPolicy(retries=0)) as t:
+    async with Client(store, RetryPolicy(retries=0)) as t:
         head = functools.partial(t.request, "HEAD", token_registry.host,
                                  "/v2/app/manifests/v1", scopes=pull,
                                  headers={"Accept": img.media_type})
@@ -184,8 +187,8 @@ async def test_tokens_are_refreshed_before_they_expire(token_issuer_factory, reg
     reg = registry_factory(token=issuer, name="short")
     push_random_image(RegistryAPI(reg, *TOKEN_USER), "app", "v1", (256,))
     start = len(issuer.requests)
-    store = CredentialStore([AuthEntry(reg.host, *TOKEN_USER)])
-    async with Transport(store, RetryPolicy(retries=0)) as t:
+    store = default_keychain([AuthEntry(reg.host, *TOKEN_USER)])
+    async with Client(store, RetryPolicy(retries=0)) as t:
         for _ in range(3):
             await t.request("HEAD", reg.host, "/v2/app/manifests/v1",
                             scopes=[repository_scope("app", False)])
@@ -219,14 +222,15 @@ async def test_mount_asks_for_pull_on_the_source_up_front(token_issuer, token_re
     api = RegistryAPI(token_registry, *TOKEN_USER)
     img = push_random_image(api, "src/app", "v1", (1000, 2000))
     start = len(token_issuer.requests)
-    store = CredentialStore([AuthEntry(token_registry.host, *TOKEN_USER)])
+    store = default_keychain([AuthEntry(token_registry.host, *TOKEN_USER)])
 
     def mount(blob: str) -> str:
         return f"/v2/dst/app/blobs/uploads/?mount={blob}&from=src/app"
 
-    async with Transport(store, RetryPolicy(retries=0)) as t:
+    async with Client(store, RetryPolicy(retries=0)) as t:
         answer = await t.request("POST", token_registry.host, mount(img.blobs[0]),
-                                 ok=(201, 202), scopes=mount_scopes("dst/app", "src/app"))
+                                 ok=(201, 202), scopes=[repository_scope("dst/app", True),
+                                         repository_scope("src/app", False)])
         assert answer.status == 201 and t.auth_retries == 0
         assert token_gets(token_issuer, start) == [("repository:dst/app:pull,push",
                                                     "repository:src/app:pull")]
@@ -362,7 +366,7 @@ async def test_helper_runs_without_blocking_and_gets_the_hub_server_url(isolated
     set_creds(DOCKER_HUB_SERVER, "hubuser", "hub-secret")
     write_docker_config(isolated_env, {"credHelpers": {"index.docker.io": "fake"}})
     seen: list[str] = []
-    store = CredentialStore.from_environment([], on_secret=seen.append)
+    store = keychain_from_environment([], on_secret=seen.append)
     ticks = 0
 
     async def ticker() -> None:
@@ -374,7 +378,7 @@ async def test_helper_runs_without_blocking_and_gets_the_hub_server_url(isolated
     t = asyncio.create_task(ticker())
     cred = await store.resolve("docker.io", "library/ubuntu")
     t.cancel()
-    assert isinstance(store.docker_config, DockerConfig)
+    assert isinstance(store.keychains[1].config, DockerConfig)
     assert (cred.username, cred.password) == ("hubuser", "hub-secret")
     assert cred.source == "credential helper docker-credential-fake"
     assert calls() == [f"get {DOCKER_HUB_SERVER}"]
@@ -394,8 +398,8 @@ def test_auth_error_is_an_auth_error(registry_factory):
     reg: LocalRegistry = registry_factory(htpasswd=("bob", "right-pw"), name="basic")
 
     async def go() -> None:
-        store = CredentialStore([AuthEntry(reg.host, "bob", "bad")])
-        async with Transport(store, RetryPolicy(retries=0)) as t:
+        store = default_keychain([AuthEntry(reg.host, "bob", "bad")])
+        async with Client(store, RetryPolicy(retries=0)) as t:
             await t.request("GET", reg.host, "/v2/x/tags/list",
                             scopes=[repository_scope("x", False)])
 

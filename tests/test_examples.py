@@ -114,7 +114,8 @@ def test_ecr_cross_account(example, registry_factory):
     assert dst_api.head_manifest("web-frontend", "latest") == web["1.1.0"].digest
     for tag, img in payments.items():
         assert dst_api.head_manifest("payments-api", tag) == img.digest
-    assert "no tags selected" in run.stderr and "batch/report-generator" in run.stderr
+    assert "rule matched nothing" in run.stderr and "batch/report-generator" in run.stderr
+    assert "batch/report-generator' matched nothing" in run.stdout  # and in the summary
     assert run.report["summary"]["synced"] == 5
     assert "source-account-pw" not in run.stderr + run.stdout
     assert unchanged(example("ecr-cross-account.yaml", env))

@@ -28,7 +28,7 @@ from imagesync.manifest import (
 )
 from imagesync.registry import _next_link
 from imagesync.rules import parse_rule, render_tag
-from imagesync.sync import Settings, sync
+from imagesync.session import Settings, sync
 from imagesync.tagfilter import TagFilter, Version, semver_range
 from tests.support.cli import run_cli, write_config
 from tests.support.images import RegistryAPI, push_index, push_random_image

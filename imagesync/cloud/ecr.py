@@ -28,13 +28,14 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
-
-from ..auth import AuthEntry, Credential, SecretSink
 from ..errors import AuthError, TransientError
+from ..keychain import AuthEntry, Credential, SecretSink
+
+if TYPE_CHECKING:
+    from ..transport import Client
 
 #: ``<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]``
 ECR_HOST_RE = re.compile(
@@ -48,7 +49,6 @@ REFRESH_BEFORE = 1800.0
 #: A token whose expiresAt is already past (clock skew, mocks) is still reused this long,
 #: so a bad clock cannot turn into a storm of API calls.
 MIN_REUSE = 60.0
-TIMEOUT = 30.0
 
 
 def parse_ecr_host(host: str) -> tuple[str, str] | None:
@@ -112,9 +112,11 @@ class ECRProvider:
     """Fetches ``AWS:<password>`` for one auth entry; ``fetch`` is called when due."""
 
     def __init__(self, entry: AuthEntry, registry: str, environ: Mapping[str, str],
-                 on_secret: SecretSink, *, clock: Callable[[], float] = time.monotonic,
+                 on_secret: SecretSink, *, http: Callable[[], Client | None],
+                 clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.entry = entry
+        self.http = http  # the HTTP client the API is called through
         self.registry = registry
         self.environ = environ
         self.on_secret = on_secret
@@ -184,18 +186,16 @@ class ECRProvider:
             "POST", url, {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET},
             body, region=region, service="ecr", access_key=access, secret_key=secret,
             session_token=session)
-        headers.pop("host")  # aiohttp sets the same value
+        headers.pop("host")  # the HTTP client sets the same value
         ctx: ssl.SSLContext | bool = True
         bundle = self.environ.get("AWS_CA_BUNDLE")
         if bundle and url.startswith("https://"):
             ctx = await asyncio.to_thread(ssl.create_default_context, cafile=bundle)
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
-                async with s.post(url, data=body, headers=headers, ssl=ctx) as resp:
-                    status, raw = resp.status, await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise TransientError(f"ECR GetAuthorizationToken at {endpoint}: "
-                                 f"{e or type(e).__name__}") from None
+        client = self.http()
+        if client is None:
+            raise AuthError("ECR GetAuthorizationToken needs the session's HTTP client")
+        # One attempt: the registry request that needs this credential is what is retried.
+        status, _, raw = await client.send_once("POST", url, data=body, headers=headers, ssl=ctx)
         try:
             answer: Any = json.loads(raw) if raw else {}
         except ValueError:

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..auth import AuthEntry, Credential, SecretSink
 from ..errors import AuthError, TransientError
+from ..keychain import AuthEntry, Credential, SecretSink
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 #: Fetch a new access token this long before the current one expires (Google's live 1 h).

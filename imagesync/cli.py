@@ -11,18 +11,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import __version__
 from .config import Config, load
 from .dockerconfig import DockerConfig
 from .errors import ConfigError
-from .log import Redactor, make_logger
-from .report import render, write_json
+from .log import Redactor
+from .output import Output, add_output_arguments
+from .report import write_json
 from .rules import Defaults
 from .session import Outcome, Session, Settings
 from .upload import MONOLITHIC_MAX
@@ -79,12 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a request that gets no byte for this long has stalled and is "
                    "retried (default 60)")
     p.add_argument("--report", metavar="FILE", help="write a JSON report here")
-    p.add_argument("--log", metavar="FILE", help="write logs here instead of stderr")
     p.add_argument("--registry", default=os.environ.get("DEFAULT_REGISTRY"),
                    help="default registry for empty destinations (env DEFAULT_REGISTRY)")
     p.add_argument("--namespace", default=os.environ.get("DEFAULT_NAMESPACE"),
                    help="default namespace for empty destinations (env DEFAULT_NAMESPACE)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    add_output_arguments(p)
     p.add_argument("--version", action="version", version=f"imagesync {__version__}")
     return p
 
@@ -104,13 +105,13 @@ def _check_writable(path: str) -> str | None:
     return None
 
 
-async def _run(cfg: Config, settings: Settings, log: Any, redact: Redactor
+async def _run(cfg: Config, settings: Settings, out: Output
                ) -> tuple[Outcome, int | None]:
     """One sync in a session; returns the outcome and the signal that stopped it."""
     caught: list[int] = []
 
     async with contextlib.AsyncExitStack() as stack:
-        session = Session(settings, log, entries=cfg.auth, on_secret=redact.add)
+        session = Session(settings, out.log, entries=cfg.auth, on_secret=out.redact.add)
         await stack.enter_async_context(session)
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
@@ -120,19 +121,34 @@ async def _run(cfg: Config, settings: Settings, log: Any, redact: Redactor
                 main_task.cancel()
                 return
             caught.append(signum)
-            print(f"imagesync: {signal.Signals(signum).name} received: stopping; images in "
-                  "flight are not pushed (send it again to stop at once)", file=sys.stderr)
+            out.notice(f"{signal.Signals(signum).name} received: stopping; images in "
+                       "flight are not pushed (send it again to stop at once)")
             session.stop()
 
         for signum in EXIT_SIGNAL:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, on_signal, signum)
                 stack.callback(loop.remove_signal_handler, signum)
-        outcome = await session.sync(cfg.rules)
+        outcome = await session.sync(cfg.rules, observer=out.observer)
     return outcome, caught[0] if caught else None
 
 
+#: Subcommands: name -> "module:function" taking the remaining arguments.
+COMMANDS: dict[str, str] = {
+    "serve": "imagesync.serve:main",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        module, _, func = COMMANDS[argv[0]].partition(":")
+        return int(getattr(importlib.import_module(module), func)(argv[1:]))
+    return sync_main(argv)
+
+
+def sync_main(argv: Sequence[str]) -> int:
+    """``imagesync [sync] --config FILE ...``: the default command."""
     args = build_parser().parse_args(argv)
     if args.proc == 0:
         print("imagesync: --proc must be at least 1", file=sys.stderr)
@@ -146,36 +162,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load(args.config, args.auth, args.images,
                    Defaults(args.registry, args.namespace, tuple(args.os), tuple(args.arch)))
-        # Every credential known now, and every one obtained later (Docker config,
-        # credential helpers, cloud tokens), is masked in logs and in the report.
-        redact = Redactor()
         DockerConfig.load()  # a broken Docker config.json is exit 2, up front
     except ConfigError as e:
         print(f"imagesync: {e}", file=sys.stderr)
         return EXIT_USAGE
-    with contextlib.ExitStack() as stack:
-        stream = sys.stderr
-        if args.log:
-            try:
-                stream = stack.enter_context(open(args.log, "a", encoding="utf-8"))
-            except OSError as e:
-                print(f"imagesync: --log {args.log}: {e.strerror}", file=sys.stderr)
-                return EXIT_USAGE
-        log = make_logger(redact, stream, args.verbose)
-        for warning in getattr(cfg, "warnings", ()):
-            log.warning("config", note=warning)
+    # Every credential known now, and every one obtained later (Docker config,
+    # credential helpers, cloud tokens), is masked in logs and in the report.
+    redact = Redactor()
+    try:
+        out = Output.from_args(args, redact).__enter__()
+    except OSError as e:
+        print(f"imagesync: --log {args.log}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    with out:
+        for warning in cfg.warnings:
+            out.log.warning("config", note=warning)
         settings = Settings(proc=args.proc, retries=args.retries, force=args.force,
                             dry_run=args.dry_run, chunk_size=args.chunk_size or MONOLITHIC_MAX,
                             per_registry=args.per_registry, timeout=args.timeout)
         try:
-            outcome, stopped_by = asyncio.run(_run(cfg, settings, log, redact))
+            outcome, stopped_by = asyncio.run(_run(cfg, settings, out))
         except (KeyboardInterrupt, asyncio.CancelledError):
-            print("imagesync: stopped at once; the report was not written", file=sys.stderr)
+            out.notice("stopped at once; the report was not written")
             return 130
-    for r in outcome.results:  # errors may quote a registry's or a helper's words
-        r.error = redact(r.error) if r.error else r.error
-        r.note = redact(r.note) if r.note else r.note
-    render(outcome.results, outcome.summary, sys.stdout)
+        out.summary(outcome)
     if args.report:
         try:
             write_json(args.report, outcome.results, outcome.summary)

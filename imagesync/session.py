@@ -116,6 +116,10 @@ class Session:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for store in self._stores.values():
+            aclose = getattr(store, "aclose", None)  # archives are written at the end
+            if aclose is not None:
+                await aclose()
         if self._client is not None:
             await self._client.__aexit__(*exc)
 
@@ -132,8 +136,11 @@ class Session:
             if scheme == "registry":
                 store = Registry(name, self.client, self.settings.chunk_size)
             else:
-                from .layout import open_store  # only runs that use layouts load it
-                store = open_store(name)
+                from . import layout  # only runs that use layouts load it
+
+                root = name.partition(":")[2]
+                store = (layout.LayoutStore(root) if scheme == "oci"
+                         else layout.ArchiveStore(root))
             self._stores[name] = store
         return store
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,15 @@ from typing import Any
 from .errors import ImagesyncError, NotFoundError
 from .events import Observer
 from .hostqueue import priority
-from .manifest import Descriptor, Manifest, ManifestError, filter_index, image_platform
+from .manifest import (
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    ManifestError,
+    filter_index,
+    image_platform,
+    parse_manifest,
+)
 from .names import Reference
 from .plan import PlanItem
 from .report import CONFLICT, FAILED, INTERRUPTED, SAME_DIGEST, SKIPPED, SYNCED, Result
@@ -57,6 +66,8 @@ class BlobLedger:
     holders: dict[tuple[str, str], str] = field(default_factory=dict)
     # (store, digest) -> the upload of that blob into some repository of the store
     uploading: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
+    # source repository -> its tag listing (referrer tags are looked up there)
+    tags: dict[str, asyncio.Future[list[str]]] = field(default_factory=dict)
     uploads: int = 0  # blobs actually uploaded
     links: int = 0    # blobs linked (cross-repository mount) instead
 
@@ -129,26 +140,111 @@ class Copier:
             return self._finish(Result(item.source, str(dest), status, digest,
                                        seconds=_since(start), **kw))
 
+        pushed: list[int] = []  # the tagged manifest landed (bytes moved)
+        manifest: Manifest | None = None
+        note: str | None = None
         try:
             have = await dst.head_manifest(dest.tag or digest)
+            status, final, moved = SKIPPED, digest, 0
             if have is not None and have.digest == digest and not self.options.force:
-                return result(SKIPPED, digest, note=SAME_DIGEST)
-            manifest, note = await self._selected(image, digest)
-            if manifest is None:
-                return result(SKIPPED, digest, note=note)
-            if have is not None and have.digest == manifest.digest and not self.options.force:
-                return result(SKIPPED, manifest.digest, note=note or SAME_DIGEST)
-            if have is not None and have.digest != manifest.digest and not item.overwrite:
-                return result(CONFLICT, manifest.digest, error=(
-                    f"{dest} already points at {have.digest} and the rule says overwrite: "
-                    "false; delete that tag, or set overwrite: true"))
-            moved = await self._push_tree(image, manifest, dst, dest.tag or manifest.digest)
+                note = SAME_DIGEST
+            else:
+                manifest, note = await self._selected(image, digest)
+                if manifest is None:
+                    return result(SKIPPED, digest, note=note)
+                final = manifest.digest
+                if (have is not None and have.digest == manifest.digest
+                        and not self.options.force):
+                    note = note or SAME_DIGEST
+                elif have is not None and have.digest != manifest.digest and not item.overwrite:
+                    return result(CONFLICT, manifest.digest, error=(
+                        f"{dest} already points at {have.digest} and the rule says overwrite: "
+                        "false; delete that tag, or set overwrite: true"))
+                else:
+                    moved = await self._push_tree(image, manifest, dst,
+                                                  dest.tag or manifest.digest, pushed)
+                    status = SYNCED
+            if item.referrers and final == digest:  # a platform subset has no referrers
+                count, extra = await self._copy_referrers(image, digest, dst)
+                moved += extra
+                if count:
+                    copied = f"{count} attached artifact(s) copied"
+                    note = copied if note in (None, SAME_DIGEST) else f"{note}; {copied}"
         except asyncio.CancelledError:
-            result(INTERRUPTED, digest)
+            if pushed and manifest is not None:  # stopped as its manifest landed: complete
+                result(SYNCED, manifest.digest, bytes=pushed[0], note=note)
+            else:
+                result(INTERRUPTED, digest)
             raise
         except Exception as e:
             return result(FAILED, digest, error=describe_error(e))
-        return result(SYNCED, manifest.digest, bytes=moved, note=note)
+        return result(status, final, bytes=moved, note=note)
+
+    # -- what travels with an image: signatures, SBOMs, attestations ----------------------
+    async def _copy_referrers(self, image: _Image, digest: str, dst: Repository
+                              ) -> tuple[int, int]:
+        """Copy the artifacts attached to ``digest``: through the referrers API where the
+        source has it, and the tags of the fallback scheme (``sha256-<hex>``, an index of
+        referrers) and of cosign (``sha256-<hex>.sig``, ``.att``, ``.sbom``).
+        Returns (artifacts copied, bytes moved)."""
+        src = image.src
+        count = moved = 0
+        fallback = digest.replace(":", "-", 1)
+        api = await src.referrers(digest)
+        if api:
+            for desc in api:
+                if await dst.head_manifest(desc.digest) is None or self.options.force:
+                    m = await self._manifest(image, desc.digest)
+                    moved += await self._push_tree(image, m, dst, desc.digest)
+                    count += 1
+            if await dst.referrers(digest) is None:  # list them where the destination looks
+                moved += await self._merge_fallback(dst, fallback, api)
+        tags = set(await self._tags(src))
+        for tag in (fallback, f"{fallback}.sig", f"{fallback}.att", f"{fallback}.sbom"):
+            if tag not in tags:
+                continue
+            found = await src.head_manifest(tag)
+            if found is None:
+                continue
+            have = await dst.head_manifest(tag)
+            if have is not None and have.digest == found.digest and not self.options.force:
+                continue
+            m = await self._manifest(image, found.digest)
+            if tag == fallback and have is not None and m.is_index:
+                # The destination lists other referrers already: keep them, add ours.
+                moved += await _gather_sum(self._push_child(image, c, dst)
+                                           for c in m.children)
+                moved += await self._merge_fallback(dst, tag, list(m.children))
+            else:
+                moved += await self._push_tree(image, m, dst, tag)
+            count += len(m.children) if m.is_index else 1
+        return count, moved
+
+    async def _merge_fallback(self, dst: Repository, tag: str,
+                              descs: list[Descriptor]) -> int:
+        """Make the fallback index at ``tag`` list ``descs`` as well as what it had."""
+        entries: dict[str, dict[str, Any]] = {}
+        have = await dst.head_manifest(tag)
+        if have is not None:
+            for e in json.loads((await dst.get_manifest(tag)).raw).get("manifests") or ():
+                entries[e["digest"]] = e
+        for d in descs:
+            entries.setdefault(d.digest, d.to_json())
+        raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                          "manifests": list(entries.values())}, indent=2).encode()
+        index = parse_manifest(raw, OCI_INDEX)
+        if have is not None and have.digest == index.digest:
+            return 0
+        if not self.options.dry_run:
+            await dst.put_manifest(tag, index)
+        return index.size
+
+    def _tags(self, src: Repository) -> asyncio.Future[list[str]]:
+        """The source repository's tags, listed once per run."""
+        t = self.ledger.tags.get(src.name)
+        if t is None:
+            t = self.ledger.tags[src.name] = asyncio.ensure_future(src.list_tags())
+        return t
 
     def _selected(self, image: _Image, digest: str
                   ) -> asyncio.Future[tuple[Manifest | None, str | None]]:
@@ -187,8 +283,10 @@ class Copier:
                 image.src.get_manifest(digest))
         return t
 
-    async def _push_tree(self, image: _Image, m: Manifest, dst: Repository, ref: str) -> int:
-        """Push what ``m`` needs, then ``m`` itself as ``ref``. Returns bytes moved."""
+    async def _push_tree(self, image: _Image, m: Manifest, dst: Repository, ref: str,
+                         pushed: list[int] | None = None) -> int:
+        """Push what ``m`` needs, then ``m`` itself as ``ref``. Returns bytes moved;
+        ``pushed`` gets them too once ``m`` has landed, even if the run is stopped."""
         if m.is_index:
             moved = await _gather_sum(self._push_child(image, child, dst)
                                       for child in m.children)
@@ -197,8 +295,18 @@ class Copier:
                                       for b in m.blobs if b.media_type not in FOREIGN)
         if not self.options.dry_run:
             # Only now, with every blob and child in place: a failed or interrupted
-            # image never has its manifest pushed.
-            await dst.put_manifest(ref, m)
+            # image never has its manifest pushed. Once sent, a stop lets the PUT finish,
+            # so the report says whether the image landed.
+            put = asyncio.ensure_future(dst.put_manifest(ref, m))
+            try:
+                await asyncio.shield(put)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await put
+                if (pushed is not None and put.done() and not put.cancelled()
+                        and put.exception() is None):
+                    pushed.append(moved + m.size)
+                raise
         return moved + m.size
 
     async def _push_child(self, image: _Image, child: Descriptor, dst: Repository) -> int:

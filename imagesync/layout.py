@@ -505,6 +505,9 @@ class LayoutRepository:
                 await asyncio.shield(asyncio.to_thread(_unlink, tmp))
             raise
 
+    async def referrers(self, digest: str) -> list[Descriptor] | None:
+        return None  # no referrers API: the sha256-<hex> fallback tag lists them
+
     async def link_blob(self, desc: Descriptor, from_path: str) -> bool:
         try:
             other = self.layout_store.repository(from_path)
@@ -851,6 +854,9 @@ class ArchiveRepository:
                     children[e["digest"]] = set()
         _update_entries(st.index, tag, manifest,
                         lambda e: children.get(str(e.get("digest")), set()))
+
+    async def referrers(self, digest: str) -> list[Descriptor] | None:
+        return None  # no referrers API: the sha256-<hex> fallback tag lists them
 
     async def link_blob(self, desc: Descriptor, from_path: str) -> bool:
         return False  # every archive carries its own bytes

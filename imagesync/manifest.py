@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -106,6 +107,21 @@ class Descriptor:
     size: int
     platform: Platform | None = None
     urls: tuple[str, ...] = ()
+    # The descriptor as written (artifactType, annotations...): re-emitted unchanged.
+    raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.raw is not None:
+            return dict(self.raw)
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                               "size": self.size}
+        if self.platform is not None:
+            out["platform"] = {k: v for k, v in (
+                ("os", self.platform.os), ("architecture", self.platform.architecture),
+                ("variant", self.platform.variant)) if v}
+        if self.urls:
+            out["urls"] = list(self.urls)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> Descriptor:
@@ -116,7 +132,7 @@ class Descriptor:
                 if isinstance(p, dict) else None
             )
             return cls(str(d.get("mediaType", "")), str(d["digest"]), int(d["size"]),
-                       platform, tuple(d.get("urls") or ()))
+                       platform, tuple(d.get("urls") or ()), d)
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"malformed descriptor {d!r}") from e
 

@@ -15,12 +15,14 @@ every ``{timestamp}`` of one run is the same.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import AuthError, NotFoundError, RegistryError
+from .errors import AuthError, ConfigError, NotFoundError, RegistryError
 from .manifest import PlatformSelector
 from .names import Reference
 from .rules import Rule, Target, render_tag, source_reference
@@ -39,6 +41,7 @@ class PlanItem:
     oses: tuple[str, ...] = ()
     archs: tuple[str, ...] = ()     # arch[:variant]
     overwrite: bool = True
+    referrers: bool = False         # copy signatures, SBOMs, attestations along
 
     @property
     def source_ref(self) -> Reference:
@@ -61,7 +64,8 @@ class PlanItem:
                    destinations=tuple(doc["destinations"]),
                    platforms=tuple(doc.get("platforms") or ()),
                    oses=tuple(doc.get("oses") or ()), archs=tuple(doc.get("archs") or ()),
-                   overwrite=bool(doc.get("overwrite", True)))
+                   overwrite=bool(doc.get("overwrite", True)),
+                   referrers=bool(doc.get("referrers", False)))
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,51 @@ class Plan:
                    list(doc.get("empty") or ()), float(doc.get("now") or 0.0))
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a plan: ``index`` of ``count`` (``--shard I/N``).
+
+    Every shard computes the same plan (same listings, same claims, same sequence
+    numbers) and keeps the items whose first destination *repository* hashes to its
+    index, so N processes with no coordinator copy the plan exactly once between them,
+    and each destination repository is written by one process (blob de-duplication and
+    mounts inside a repository keep working)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str, where: str = "--shard") -> Shard:
+        i, sep, n = text.partition("/")
+        try:
+            index, count = int(i), int(n)
+        except ValueError:
+            raise ConfigError(None, where, f"{text!r} is not I/N (e.g. 0/4)") from None
+        if not sep or count < 1 or not 0 <= index < count:
+            raise ConfigError(None, where, f"{text!r}: give I/N with 0 <= I < N, e.g. 0/4")
+        return cls(index, count)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Shard | None:
+        """A Kubernetes Indexed Job: ``JOB_COMPLETION_INDEX`` and the completion count in
+        ``IMAGESYNC_SHARDS``."""
+        env = os.environ if environ is None else environ
+        index, count = env.get("JOB_COMPLETION_INDEX"), env.get("IMAGESYNC_SHARDS")
+        if index is None or count is None:
+            return None
+        return cls.parse(f"{index}/{count}", "JOB_COMPLETION_INDEX/IMAGESYNC_SHARDS")
+
+    def owns(self, destinations: Sequence[str]) -> bool:
+        if self.count == 1 or not destinations:
+            return True
+        repo = Reference.parse(destinations[0]).name
+        h = int.from_bytes(hashlib.sha256(repo.encode()).digest()[:8], "big")
+        return h % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 def _selector_strings(sel: PlatformSelector) -> tuple[tuple[str, ...], tuple[str, ...],
                                                          tuple[str, ...]]:
     return (tuple(str(p) for p in sel.platforms), tuple(sel.oses),
@@ -105,6 +154,11 @@ def _destination_tag(rule: Rule, target: Target, tag: str | None, index: int,
     if rule.tag_template and not target.tags and tag is not None:
         return render_tag(rule.tag_template, tag, rule.repository, now)
     return rule.destination_tag(target, tag, index)
+
+
+class _Discard(list[str]):
+    def append(self, _value: str) -> None:
+        pass
 
 
 def _ref(registry: str, repository: str, tag: str | None) -> str:
@@ -120,14 +174,18 @@ def describe_error(exc: BaseException) -> str:
 class Planner:
     stores: Callable[[str], Store]
     now: float = field(default_factory=time.time)
+    shard: Shard | None = None
     #: Listings allowed to run ahead of the rule being planned.
     lookahead: int = 16
     plan: Plan = field(init=False)
     _seq: int = 0
     _claims: dict[str, str] = field(default_factory=dict)  # destination -> its source
+    _failed_rules: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.plan = Plan(now=self.now)
+        if self.shard is not None and self.shard.index != 0:
+            self.plan.empty = _Discard()  # rules matching nothing: shard 0 tells
 
     async def collect(self, rules: Iterable[Rule]) -> Plan:
         async for _ in self.items(rules):
@@ -150,26 +208,27 @@ class Planner:
                     expanded = await listing
                 except Exception as e:  # the whole rule fails: say so once per destination
                     err = describe_error(e)
-                    self.plan.errors.extend(PlanError(rule.key, rule.key, t.name, err)
-                                            for t in rule.targets)
+                    for target in rule.targets:
+                        self._error(PlanError(rule.key, rule.key, target.name, err))
                     continue
                 produced = 0
                 for concrete, tags in expanded:
                     if isinstance(tags, BaseException):
                         err = describe_error(tags)
-                        self.plan.errors.extend(
-                            PlanError(rule.key, concrete.source_name, t.name, err)
-                            for t in concrete.targets)
+                        for target in concrete.targets:
+                            self._error(PlanError(rule.key, concrete.source_name,
+                                                  target.name, err))
                         continue
                     for item in self._items_of(concrete, tags):
                         produced += 1
-                        self.plan.items.append(item)
-                        yield item
-                if not produced and not any(e.rule == rule.key for e in self.plan.errors):
+                        if self.shard is None or self.shard.owns(item.destinations):
+                            self.plan.items.append(item)
+                            yield item
+                if not produced and rule.key not in self._failed_rules:
                     self.plan.empty.append(rule.key)
         finally:
-            for t in listings:
-                t.cancel()
+            for listing in listings:
+                listing.cancel()
 
     async def _expand(self, rule: Rule) -> list[tuple[Rule, list[str] | BaseException | None]]:
         """A rule -> its concrete repositories, each with its tag listing (or the error)."""
@@ -205,7 +264,7 @@ class Planner:
         def item(source: Reference, dests: list[str]) -> PlanItem:
             self._seq += 1
             return PlanItem(self._seq, rule.key, str(source), tuple(dests), platforms, oses,
-                            archs, rule.overwrite)
+                            archs, rule.overwrite, rule.referrers)
 
         if sel.digest:
             source = source_reference(rule, None)
@@ -222,13 +281,26 @@ class Planner:
                               _destination_tag(rule, t, tag, i, self.now))
                          for t in rule.targets]
             except ValueError as e:
-                self.plan.errors.extend(PlanError(rule.key, str(source), t.name, str(e))
-                                        for t in rule.targets)
+                for t in rule.targets:
+                    self._error(PlanError(rule.key, str(source), t.name, str(e)))
                 continue
             kept = self._claim(rule, source, dests)
             if kept:
                 out.append(item(source, kept))
         return out
+
+    def items_for_tag(self, rule: Rule, tag: str | None, digest: str | None = None,
+                      listing: list[str] | None = None) -> list[PlanItem]:
+        """The items one pushed ``tag`` (or untagged ``digest``) of a concrete rule's
+        repository gives, as a full plan would make them (filters, templates, renames,
+        platforms, destinations). ``listing``: the repository's tags, for filters that
+        rank tags (``latest: N``); without it the tag is judged alone. (``imagesync
+        serve``; a namespace rule is narrowed with ``Rule.for_repository`` first.)"""
+        if rule.selector.digest:
+            return self._items_of(rule, None) if digest == rule.selector.digest else []
+        if tag is None or (listing is not None and tag not in rule.selector.select(listing)):
+            return []
+        return [i for i in self._items_of(rule, [tag]) if Reference.parse(i.source).tag == tag]
 
     def _claim(self, rule: Rule, source: Reference, dests: list[str]) -> list[str]:
         """One source per destination tag: a second source mapped to the same destination
@@ -242,8 +314,15 @@ class Planner:
             if first == str(source):
                 keep.append(dest)
                 continue
-            self.plan.errors.append(PlanError(
+            self._error(PlanError(
                 rule.key, str(source), dest,
                 f"{first} is also copied to {dest} by this run: two sources for one "
                 "destination tag (give tag_template a {tag})"))
         return keep
+
+    def _error(self, error: PlanError) -> None:
+        """Record an error; with shards, only the shard owning its destination does, so
+        merged reports list it once."""
+        self._failed_rules.add(error.rule)
+        if self.shard is None or self.shard.owns([error.destination]):
+            self.plan.errors.append(error)

@@ -114,6 +114,7 @@ class Rule:
     tag_template: str | None = None
     namespace: bool = False  # key ends in '/*': expand to every repository below
     exclude_repos: tuple[re.Pattern[str], ...] = ()
+    referrers: bool = False  # copy signatures, SBOMs, attestations with each image
 
     @property
     def source_name(self) -> str:
@@ -164,6 +165,7 @@ class Defaults:
     namespace: str | None = None
     oses: tuple[str, ...] = ()
     archs: tuple[str, ...] = ()
+    referrers: bool = False  # --referrers: every rule copies what is attached to images
 
 
 NO_DEFAULTS = Defaults()
@@ -280,7 +282,8 @@ def _parse_options(rule: Rule, doc: dict, oses: tuple[str, ...],
         except re.error as e:
             raise ValueError(f"exclude_repos: invalid regex {p!r}: {e}") from None
     return replace(rule, selector=selector, overwrite=doc.get("overwrite", True),
-                   platforms=platforms, tag_template=template, exclude_repos=tuple(excludes))
+                   platforms=platforms, tag_template=template, exclude_repos=tuple(excludes),
+                   referrers=doc.get("referrers", rule.referrers))
 
 
 def parse_rule(key: str, value: object, defaults: Defaults = NO_DEFAULTS,
@@ -310,6 +313,7 @@ def parse_rule(key: str, value: object, defaults: Defaults = NO_DEFAULTS,
             raise ValueError("a namespace rule ('/*') copies whole repositories: give "
                              "destination prefixes without tags")
         rule = Rule(key, registry, repository, selector, targets, namespace=bool(ns),
+                    referrers=defaults.referrers,
                     platforms=PlatformSelector.parse((), defaults.oses, defaults.archs))
         rule = _parse_options(rule, options, defaults.oses, defaults.archs)
     except (ValueError, InvalidReference, re.error) as e:

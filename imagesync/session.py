@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cloud import cloud_providers
+from .config import Config
 from .copier import BlobLedger, Copier, CopyOptions
 from .dockerconfig import DockerConfig, DockerConfigKeychain
 from .events import Observer, Observers
 from .keychain import AuthEntry, EntryIndex, EntryKeychain, Keychain, Keychains, SecretSink
 from .log import LogObserver
 from .names import scheme_of
-from .plan import Plan, PlanItem, Planner
+from .plan import Plan, PlanItem, Planner, Shard
 from .ratelimit import RateLimiter
 from .registry import Registry
 from .report import FAILED, Result, ResultCollector, Summary
@@ -151,10 +152,11 @@ class Session:
             self._scheduler.stop()
 
     async def sync(self, rules: Sequence[Rule], observer: Observer | None = None,
-                   now: float | None = None) -> Outcome:
-        """Plan ``rules`` and copy the plan, while planning goes on."""
+                   now: float | None = None, shard: Shard | None = None) -> Outcome:
+        """Plan ``rules`` and copy the plan (this shard's share of it), while planning
+        goes on."""
         started = time.monotonic()
-        planner = Planner(self.store, now=time.time() if now is None else now)
+        planner = Planner(self.store, now=time.time() if now is None else now, shard=shard)
         items = planner.items(rules)
         outcome = await self.run_items(items, planner.plan, observer, started)
         return outcome
@@ -202,11 +204,11 @@ class Session:
         return Outcome(results, summary, plan, ledger)
 
 
-async def sync(rules: Sequence[Rule] | Any, settings: Settings, log: Any,
+async def sync(rules: Sequence[Rule] | Config, settings: Settings, log: Any,
                keychain: Keychains | None = None, *, entries: Sequence[AuthEntry] = (),
                on_secret: SecretSink | None = None) -> Outcome:
     """One run in its own session. ``rules``: a list of rules, or a Config."""
-    if hasattr(rules, "rules"):
+    if isinstance(rules, Config):
         entries = entries or rules.auth
         rules = rules.rules
     async with Session(settings, log, entries=entries, keychain=keychain,

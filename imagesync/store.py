@@ -56,6 +56,11 @@ class Repository(Protocol):
         after transient failures where the store can. Raises IntegrityError for bytes
         that do not match ``desc`` (and then stores nothing under that digest)."""
 
+    async def referrers(self, digest: str) -> list[Descriptor] | None:
+        """The manifests whose ``subject`` is ``digest`` (signatures, SBOMs,
+        attestations) by the OCI 1.1 referrers API; None when the store has no such
+        API (then the ``sha256-<hex>`` fallback tag is where they are listed)."""
+
     async def link_blob(self, desc: Descriptor, from_path: str) -> bool:
         """Make the blob present by reference to repository ``from_path`` of the same
         store (a registry's cross-repository mount); False when the store could not."""

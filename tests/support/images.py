@@ -491,3 +491,70 @@ def seed_many(
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="seed") as pool:
         return list(pool.map(one, range(len(jobs))))
+
+
+# -- artifacts attached to an image: signatures, SBOMs, attestations --------------------
+
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+OCI_INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+
+
+def push_referrer(api: RegistryAPI, repo: str, subject: PushedImage, artifact_type: str,
+                  payload: bytes, *, tag: str | None = None) -> PushedImage:
+    """An OCI 1.1 artifact whose ``subject`` is ``subject`` (an SBOM, a signature),
+    pushed by digest (or ``tag``): empty config, one layer of ``payload``."""
+    empty = b"{}"
+    empty_digest = api.push_blob(repo, empty)
+    layer_digest = api.push_blob(repo, payload)
+    manifest = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+        "config": {"mediaType": OCI_EMPTY, "size": len(empty), "digest": empty_digest},
+        "layers": [{"mediaType": artifact_type, "size": len(payload),
+                    "digest": layer_digest}],
+        "subject": {"mediaType": subject.media_type, "size": subject.size,
+                    "digest": subject.digest},
+        "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+    }
+    body = _dumps(manifest)
+    digest = api.push_manifest(repo, tag or sha256_digest(body), body, OCI_MANIFEST)
+    return PushedImage(repo=repo, tag=tag, digest=digest, media_type=OCI_MANIFEST,
+                       size=len(body), blobs=[layer_digest, empty_digest], manifest=body,
+                       platform=("", ""))
+
+
+def push_referrers_tag(api: RegistryAPI, repo: str, subject: PushedImage,
+                       referrers: Sequence[PushedImage], artifact_types: Sequence[str]) -> str:
+    """The OCI fallback for registries without the referrers API: an index tagged
+    ``sha256-<hex>`` listing the referrers of ``subject``."""
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX_TYPE, "manifests": [
+        {"mediaType": r.media_type, "size": r.size, "digest": r.digest, "artifactType": t}
+        for r, t in zip(referrers, artifact_types, strict=True)]}
+    body = _dumps(index)
+    return api.push_manifest(repo, subject.digest.replace(":", "-", 1), body, OCI_INDEX_TYPE)
+
+
+def push_cosign_signature(api: RegistryAPI, repo: str, subject: PushedImage,
+                          suffix: str = "sig") -> PushedImage:
+    """What ``cosign sign`` (``.sig``) or ``cosign attest`` (``.att``) pushes: a tag
+    ``sha256-<hex>.<suffix>`` holding a small OCI image of simple-signing payloads."""
+    payload = json.dumps({"critical": {"image": {"docker-manifest-digest": subject.digest},
+                                       "type": "cosign container image signature"},
+                          "optional": None}).encode()
+    layer = api.push_blob(repo, payload)
+    config = _dumps({"architecture": "", "os": "", "config": {},
+                     "rootfs": {"type": "layers", "diff_ids": [layer]}})
+    config_digest = api.push_blob(repo, config)
+    kind = ("application/vnd.dev.cosign.simplesigning.v1+json" if suffix == "sig"
+            else "application/vnd.dsse.envelope.v1+json")
+    manifest = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "size": len(config), "digest": config_digest},
+        "layers": [{"mediaType": kind, "size": len(payload), "digest": layer,
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ-test"}}],
+    }
+    body = _dumps(manifest)
+    tag = f"{subject.digest.replace(':', '-', 1)}.{suffix}"
+    digest = api.push_manifest(repo, tag, body, OCI_MANIFEST)
+    return PushedImage(repo=repo, tag=tag, digest=digest, media_type=OCI_MANIFEST,
+                       size=len(body), blobs=[layer, config_digest], manifest=body,
+                       platform=("", ""))

@@ -81,11 +81,12 @@ class PlanError:
 
 @dataclass
 class Plan:
-    items: list[PlanItem] = field(default_factory=list)
+    items: list[PlanItem] = field(default_factory=list)  # empty when not kept (big runs)
     errors: list[PlanError] = field(default_factory=list)
     #: Rules whose regex, filter or wildcard matched nothing.
     empty: list[str] = field(default_factory=list)
     now: float = 0.0
+    count: int = 0  # items planned (this shard's), kept or not
 
     def to_json(self) -> dict[str, Any]:
         return {"now": self.now, "items": [i.to_json() for i in self.items],
@@ -93,9 +94,9 @@ class Plan:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Plan:
-        return cls([PlanItem.from_json(i) for i in doc.get("items") or ()],
-                   [PlanError(**e) for e in doc.get("errors") or ()],
-                   list(doc.get("empty") or ()), float(doc.get("now") or 0.0))
+        items = [PlanItem.from_json(i) for i in doc.get("items") or ()]
+        return cls(items, [PlanError(**e) for e in doc.get("errors") or ()],
+                   list(doc.get("empty") or ()), float(doc.get("now") or 0.0), len(items))
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,10 @@ def _destination_tag(rule: Rule, target: Target, tag: str | None, index: int,
     return rule.destination_tag(target, tag, index)
 
 
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
 class _Discard(list[str]):
     def append(self, _value: str) -> None:
         pass
@@ -175,11 +180,17 @@ class Planner:
     stores: Callable[[str], Store]
     now: float = field(default_factory=time.time)
     shard: Shard | None = None
+    #: Keep every item in ``plan.items``. A big run does not: items stream to the
+    #: scheduler, and memory stays flat however many tags the registry has.
+    keep_items: bool = True
     #: Listings allowed to run ahead of the rule being planned.
     lookahead: int = 16
     plan: Plan = field(init=False)
     _seq: int = 0
-    _claims: dict[str, str] = field(default_factory=dict)  # destination -> its source
+    # hash(destination tag) -> hash(its source) and its rule's number: a few bytes of
+    # state per tag, not strings
+    _claims: dict[int, int] = field(default_factory=dict)
+    _rule_numbers: dict[str, int] = field(default_factory=dict)
     _failed_rules: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -222,7 +233,9 @@ class Planner:
                     for item in self._items_of(concrete, tags):
                         produced += 1
                         if self.shard is None or self.shard.owns(item.destinations):
-                            self.plan.items.append(item)
+                            self.plan.count += 1
+                            if self.keep_items:
+                                self.plan.items.append(item)
                             yield item
                 if not produced and rule.key not in self._failed_rules:
                     self.plan.empty.append(rule.key)
@@ -310,14 +323,17 @@ class Planner:
             if Reference.parse(dest).tag is None:
                 keep.append(dest)
                 continue
-            first = self._claims.setdefault(dest, str(source))
-            if first == str(source):
+            rule_no = self._rule_numbers.setdefault(rule.key, len(self._rule_numbers))
+            mine = _hash(str(source)) << 16 | rule_no & 0xFFFF
+            first = self._claims.setdefault(_hash(dest), mine)
+            if first >> 16 == mine >> 16:
                 keep.append(dest)
                 continue
+            other = next((k for k, n in self._rule_numbers.items() if n == first & 0xFFFF), "?")
             self._error(PlanError(
                 rule.key, str(source), dest,
-                f"{first} is also copied to {dest} by this run: two sources for one "
-                "destination tag (give tag_template a {tag})"))
+                f"another source (of rule {other!r}) is also copied to {dest} by this run: "
+                "two sources for one destination tag (give tag_template a {tag})"))
         return keep
 
     def _error(self, error: PlanError) -> None:

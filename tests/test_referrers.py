@@ -13,7 +13,6 @@ import subprocess
 
 from tests.support.cli import run_cli
 from tests.support.images import (
-    RegistryAPI,
     push_cosign_signature,
     push_random_image,
     push_referrer,

@@ -14,7 +14,7 @@ from imagesync.log import Redactor, make_logger
 from imagesync.plan import Shard
 from imagesync.report import merge
 from imagesync.session import Session, Settings
-from tests.support.images import RegistryAPI, push_random_image
+from tests.support.images import push_random_image
 
 
 def _manifest_puts(log_text: str) -> list[str]:

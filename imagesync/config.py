@@ -41,7 +41,7 @@ _SHELL_VAR_RE = re.compile(
     r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 _WHOLE_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
-_TOP_KEYS = ("auth", "images")
+_TOP_KEYS = ("auth", "images", "serve")  # serve: read by `imagesync serve` only
 # Auth keys image-syncer users have in their files that mean nothing to either tool
 # (Docker's config.json fields, mostly). Any other key that is not a near-miss of a
 # known one is ignored with a warning too, as Go's decoders ignored it.
@@ -421,7 +421,8 @@ def _coerce(value: str, want: str) -> Any:
 
 def _friendly(err: jsonschema.ValidationError) -> str:
     v = err.validator
-    if v == "additionalProperties" and isinstance(err.instance, dict):
+    if (v == "additionalProperties" and isinstance(err.instance, dict)
+            and isinstance(err.schema, dict)):
         allowed = list((err.schema.get("properties") or {}).keys())
         extra = [k for k in err.instance if k not in allowed]
         if extra and allowed:
@@ -430,8 +431,8 @@ def _friendly(err: jsonschema.ValidationError) -> str:
             hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(allowed)
             return f"unknown key {key!r}: {hint}"
     if v == "type":
-        want = err.validator_value
-        want = " or ".join(want) if isinstance(want, list) else want
+        value = err.validator_value
+        want = " or ".join(value) if isinstance(value, list) else str(value)
         return f"must be {'an' if want[0] in 'aeiou' else 'a'} {want}, not {err.instance!r}"
     if v == "required":
         return err.message.replace("is a required property", "is required")

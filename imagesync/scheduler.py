@@ -32,7 +32,7 @@ def route(item: PlanItem) -> tuple[str, ...]:
     return tuple(stores)
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and kept in sets) by identity
 class Scheduler:
     copy: Callable[[PlanItem], Awaitable[list[Result]]]
     observer: Observer = field(default_factory=Observer)

@@ -6,7 +6,7 @@ share connections and tokens), and runs syncs: config -> plan -> scheduler -> re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,7 @@ class Session:
         self._client: Client | None = None
         self._ratelimits = ratelimits or RateLimiter()
         self._stores: dict[str, Store] = {}
-        self._scheduler: Scheduler | None = None
+        self._schedulers: set[Scheduler] = set()  # runs in flight (a server has many)
         self.stopping = False
 
     async def __aenter__(self) -> Session:
@@ -148,8 +148,8 @@ class Session:
     def stop(self) -> None:
         """Ctrl-C / SIGTERM: start nothing new, interrupt what is in flight."""
         self.stopping = True
-        if self._scheduler is not None:
-            self._scheduler.stop()
+        for scheduler in list(self._schedulers):
+            scheduler.stop()
 
     async def sync(self, rules: Sequence[Rule], observer: Observer | None = None,
                    now: float | None = None, shard: Shard | None = None) -> Outcome:
@@ -178,20 +178,34 @@ class Session:
         copier = Copier(self.store, watchers,
                         CopyOptions(force=self.settings.force, dry_run=self.settings.dry_run),
                         ledger)
-        scheduler = self._scheduler = Scheduler(copier.copy, watchers,
-                                                per_route=max(16, self.settings.proc * 2))
+        scheduler = Scheduler(copier.copy, watchers, per_route=max(16, self.settings.proc * 2))
+        self._schedulers.add(scheduler)
         if self.stopping:
             scheduler.stop()
+        told = 0
+
+        async def planned() -> AsyncGenerator[PlanItem, None]:
+            """Tell the observers the plan as it grows, and when it is complete."""
+            nonlocal told
+            async for item in items:
+                watchers.item_planned(item)
+                yield item
+            for err in plan.errors:
+                watchers.plan_error(err)
+            told = len(plan.errors)
+            watchers.planning_done(plan.count)
+
+        stream = planned()
         try:
-            await scheduler.run(items)
+            await scheduler.run(stream)
         finally:
-            self._scheduler = None
+            self._schedulers.discard(scheduler)
+            await stream.aclose()
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 await aclose()
-        for err in plan.errors:
+        for err in plan.errors[told:]:  # planning was stopped before it ended
             watchers.plan_error(err)
-        watchers.planning_done(len(plan.items))
         for key in plan.empty:
             self.log.warning("rule matched nothing", rule=key)
         errors = [Result(e.source, e.destination, FAILED, error=e.error) for e in plan.errors]

@@ -13,6 +13,7 @@ import yaml
 from packaging.version import Version
 
 from imagesync.config import load_document
+from imagesync.serve import build_parser, load_serve_document
 
 DIR = Path(__file__).resolve().parent.parent / "examples" / "kubernetes"
 #: The oldest supported Kubernetes (backoffLimitPerIndex and the FailIndex action are
@@ -123,6 +124,10 @@ def test_serve_deployment_and_service() -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
+    # serve's own grace ends before the kubelet's SIGKILL, and the flags parse
+    args = build_parser().parse_args(c["args"][1:])
+    assert 0 < args.grace < pod["spec"]["terminationGracePeriodSeconds"]
+    assert args.interval == 3600
     token = _env(c)["WEBHOOK_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token["key"] in _one("Secret", token["name"])["stringData"]
     svc = _one("Service", "imagesync")["spec"]
@@ -169,7 +174,10 @@ def test_config_and_credentials_are_wired(name: str, pod: dict[str, Any]) -> Non
         assert needed <= set(environ), f"{name}: not in the environment: {needed - set(environ)}"
 
         doc = yaml.safe_load(text)
-        doc.pop("serve", None)  # `imagesync serve`'s own block, read by serve itself
-        config = load_document(doc, f"{cm['metadata']['name']}/{config_path.name}",
-                               environ=environ)
+        label = f"{cm['metadata']['name']}/{config_path.name}"
+        if c["args"][0] == "serve":  # the rules plus serve's own block, as serve reads it
+            config, serve = load_serve_document(doc, label, environ)
+            assert serve.token == environ["WEBHOOK_TOKEN"]
+        else:
+            config = load_document(doc, label, environ=environ)
         assert config is not None

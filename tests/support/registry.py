@@ -236,12 +236,15 @@ def start_registry(
     ca: CertAuthority | None = None,
     timeout: float = START_TIMEOUT,
     reuse: bool = False,
+    notify: dict[str, Any] | None = None,
 ) -> LocalRegistry:
     """Start ``docker-registry serve`` in ``workdir/<name>`` and wait until ``/v2/`` answers.
 
     ``ca``: sign the TLS cert with this CA (implies ``tls``) so several registries share
     one ``ca_file``; otherwise a fresh CA is made under the registry dir.
     ``reuse``: keep using ``workdir/<name>`` and its stored images (the demo's second run).
+    ``notify``: send push/pull notifications to one endpoint (``url``, ``headers``; a short
+    retry backoff unless given).
     """
     binary = find_registry_binary()
     if binary is None:
@@ -270,6 +273,10 @@ def start_registry(
     for _attempt in range(3):  # free_port() can race with other processes: retry on clash
         port = free_port()
         cfg = _config(root, port, tls=tls_files, htpasswd_file=htpasswd_file, token=token)
+        if notify:  # one notifications endpoint: {"url": ..., "headers": {k: [v]}, ...}
+            cfg["notifications"] = {"endpoints": [{
+                "name": "test", "timeout": "2s", "threshold": 2, "backoff": "100ms",
+                "ignoredmediatypes": ["application/octet-stream"], **notify}]}
         config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
         scheme = "https" if tls else "http"
         reg = LocalRegistry(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -69,6 +70,8 @@ _PLAN_WORDS = {SYNCED: "copy", SKIPPED: "skip", CONFLICT: "conflict", FAILED: "e
 
 
 def render(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
+    """The end of a run, read in two seconds: counts, bytes, time and rate on one line,
+    then failures grouped by cause, then notes about images this run touched."""
     if summary.dry_run:
         _render_plan(results, summary, out)
         return
@@ -85,14 +88,74 @@ def render(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
         out.write(f"warning: rule {key!r} matched nothing\n")
     failed = [r for r in results if r.status in (FAILED, CONFLICT)]
     if failed:
-        out.write(f"failed ({len(failed)}):\n")
-        for r in failed:
-            out.write(f"  {r.source} -> {r.destination}: {r.error}\n")
-    # Say why an image was skipped when it is not the usual "already there", and when an
-    # index was pushed with a new digest: both surprise people reading only the summary.
+        groups = group_by_cause(failed)
+        causes = f", {len(groups)} causes" if 1 < len(groups) < len(failed) else ""
+        out.write(f"failed ({len(failed)}{causes}):\n")
+        for cause, members in groups:
+            _render_group(cause, members, out, "  ")
+    # Notes only for images this run touched (an index pushed with a new digest...): a
+    # re-run that changes nothing says nothing more than its counts.
     for r in results:
-        if r.note and r.note != SAME_DIGEST:
+        if r.status == SYNCED and r.note and r.note != SAME_DIGEST:
             out.write(f"note: {r.destination}: {r.note}\n")
+    # Skips that are not "already there" (platform selection): one line per reason.
+    unusual = [r for r in results if r.status == SKIPPED and r.note and r.note != SAME_DIGEST
+               and not r.note.startswith("index digest changed")]
+    for cause, members in group_by_cause(unusual):
+        if len(members) == 1:
+            out.write(f"skipped: {members[0].destination}: {members[0].note}\n")
+        else:
+            _render_group(cause, members, out, "skipped ")
+
+
+_EXAMPLES = 3
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{6,64}")
+
+
+def _render_group(cause: str, members: Sequence[Result], out: TextIO, indent: str) -> None:
+    if len(members) == 1:
+        r = members[0]
+        out.write(f"{indent}{r.source} -> {r.destination}: {r.error or r.note}\n")
+        return
+    out.write(f"{indent}{len(members)} images: {cause}\n")
+    pad = " " * (len(indent) + 4)
+    for r in members[:_EXAMPLES]:
+        out.write(f"{pad}{r.source} -> {r.destination}\n")
+    if len(members) > _EXAMPLES:
+        out.write(f"{pad}... and {len(members) - _EXAMPLES} more (--report lists all)\n")
+
+
+def _names(ref: str) -> list[tuple[str, str]]:
+    """Ways an image name shows up in an error, longest first, with their placeholder."""
+    base = ref.split("@", 1)[0]
+    repo, tag = base, ""
+    if ":" in base.rsplit("/", 1)[-1]:
+        repo, _, tag = base.rpartition(":")
+    out = [(ref, "<image>"), (base, "<image>"), (repo, "<repository>")]
+    if "/" in repo:
+        out.append((repo.split("/", 1)[1], "<repository>"))
+    if tag:
+        out.append((tag, "<tag>"))
+    return out
+
+
+def cause_of(r: Result) -> str:
+    """The error (or note) with the image's own names and digests taken out: results
+    that failed for the same reason have the same cause."""
+    text = r.error or r.note or ""
+    for name, placeholder in sorted({*_names(r.source), *_names(r.destination)},
+                                    key=lambda p: len(p[0]), reverse=True):
+        if name:
+            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", placeholder, text)
+    return _DIGEST_RE.sub("<digest>", text)
+
+
+def group_by_cause(results: Sequence[Result]) -> list[tuple[str, list[Result]]]:
+    """Results grouped by :func:`cause_of`, the largest group first."""
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(cause_of(r), []).append(r)
+    return sorted(groups.items(), key=lambda g: -len(g[1]))
 
 
 def _render_plan(results: Sequence[Result], summary: Summary, out: TextIO) -> None:
@@ -109,8 +172,18 @@ def _render_plan(results: Sequence[Result], summary: Summary, out: TextIO) -> No
     )
 
 
+#: A dry run's report is a plan: these images would be copied or skipped, not were.
+DRY_RUN_STATUS = {SYNCED: "would-copy", SKIPPED: "would-skip"}
+
+
 def write_json(path: str, results: Sequence[Result], summary: Summary) -> None:
-    doc = {"summary": asdict(summary), "images": [asdict(r) for r in results]}
+    images = [asdict(r) for r in results]
+    head = asdict(summary)
+    if summary.dry_run:  # a plan: "would-copy", never "synced", for images not copied
+        for doc_ in images:
+            doc_["status"] = DRY_RUN_STATUS.get(doc_["status"], doc_["status"])
+        head.update(would_copy=summary.synced, would_skip=summary.skipped)
+    doc = {"summary": head, "images": images}
     Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
@@ -122,3 +195,64 @@ class ResultCollector(Observer):
 
     def image_finished(self, result: Result) -> None:
         self.results.append(result)
+
+
+def read_json(path: str) -> tuple[list[Result], Summary]:
+    """A report written by :func:`write_json` (dry-run statuses read back as they were)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    undo = {v: k for k, v in DRY_RUN_STATUS.items()}
+    results = []
+    for image in doc.get("images") or ():
+        fields = {k: image.get(k) for k in Result.__dataclass_fields__}
+        fields["status"] = undo.get(image["status"], image["status"])
+        fields["bytes"] = fields["bytes"] or 0
+        fields["seconds"] = fields["seconds"] or 0.0
+        results.append(Result(**fields))
+    head = doc.get("summary") or {}
+    summary = Summary.of(results, float(head.get("seconds") or 0.0),
+                         bool(head.get("dry_run")), head.get("empty_rules") or ())
+    return results, summary
+
+
+def merge(reports: Sequence[tuple[list[Result], Summary]]) -> tuple[list[Result], Summary]:
+    """One report from the reports of the shards of one plan: every image once, counts
+    recomputed, the wall time of the slowest shard."""
+    results = [r for rs, _ in reports for r in rs]
+    empty = sorted({k for _, s in reports for k in s.empty_rules})
+    seconds = max((s.seconds for _, s in reports), default=0.0)
+    return results, Summary.of(results, seconds, any(s.dry_run for _, s in reports), empty)
+
+
+# -- image-syncer's image lists (--output-success-images) ---------------------------------
+
+def pushed_images(results: Sequence[Result]) -> dict[str, list[str]]:
+    """``{source: [destination, ...]}`` of every image this run pushed (not the skipped
+    ones), as image-syncer's ``--output-success-images`` wrote it (destinations sorted);
+    a destination pushed by digest only is written ``repository@digest``. The map is
+    itself a valid images file (a digest destination equal to its source's digest is
+    pushed by digest)."""
+    out: dict[str, list[str]] = {}
+    for r in results:
+        if r.status != SYNCED:
+            continue
+        dest = r.destination
+        last = dest.rsplit("/", 1)[-1]
+        if "@" not in dest and ":" not in last and r.digest:
+            dest = f"{dest}@{r.digest}"
+        targets = out.setdefault(r.source, [])
+        if dest not in targets:
+            targets.append(dest)
+    return {k: sorted(v) for k, v in out.items()}  # the same run, the same file
+
+
+def images_text(doc: dict, fmt: str) -> str:
+    """An images map as image-syncer wrote it: YAML (``src:\\n- dst``) or one JSON line;
+    keys sorted, as Go's encoders sort map keys."""
+    if fmt == "json":
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
+    import yaml
+
+    if not doc:
+        return "{}\n"
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, width=1 << 16,
+                          allow_unicode=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def test_no_secret_in_any_output_of_a_failing_run(tmp_path: Path, registry_facto
     assert f"{token_registry.host}: token server refused the credentials (401)" in proc.stdout
     outputs = {"stdout": proc.stdout, "stderr": proc.stderr, "log": log.read_text(),
                "report": report.read_text()}
-    assert "level='debug'" in outputs["log"]  # -v really logged the run in detail
+    # -v really logged the run in detail: every request, with its status
+    assert re.search(r"Z debug +request +(GET|HEAD) ", outputs["log"]), outputs["log"]
     assert (tmp_path / "helper.log").read_text().strip() == f"get {src.host}"
     secrets = (forms("reader", HELPER_SECRET) + forms("writer", CONFIG_SECRET)
                + forms(TEST_USER[0], DOCKER_SECRET))

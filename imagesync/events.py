@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .manifest import Descriptor
     from .plan import PlanError, PlanItem
-    from .report import Result
+    from .results import Result
 
 
 class Observer:

@@ -21,19 +21,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
+from .names import InvalidReference, Reference
 
-try:  # the module was renamed from reference.py to names.py
-    from . import names as _names
-except ImportError:  # pragma: no cover - older tree
-    from . import reference as _names  # type: ignore[no-redef]
-
-Reference = _names.Reference
-#: What the names module raises for a malformed name (renamed along with the module).
-_BAD_NAME: tuple[type[Exception], ...] = tuple(
-    e for e in (getattr(_names, "InvalidReference", None),
-                getattr(_names, "ReferenceError", None), ValueError)
-    if isinstance(e, type)
-)
+#: What the names module raises for a malformed name.
+_BAD_NAME: tuple[type[Exception], ...] = (InvalidReference, ValueError)
 
 #: ``file`` of the ConfigErrors raised here: the settings have no file.
 WHERE = "PLUGIN_* settings"

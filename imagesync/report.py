@@ -8,29 +8,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .events import Observer
 
-SYNCED, SKIPPED, FAILED, CONFLICT = "synced", "skipped", "failed", "conflict"
-#: The run was stopped (Ctrl-C, SIGTERM) before this image finished; nothing of it that
-#: could leave a half-pushed image was written.
-INTERRUPTED = "interrupted"
-SAME_DIGEST = "destination has the same digest"
+if TYPE_CHECKING:
+    from .plan import PlanError
 
-
-@dataclass
-class Result:
-    """The outcome for one destination image."""
-
-    source: str
-    destination: str
-    status: str
-    digest: str | None = None
-    bytes: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    note: str | None = None
+from .results import (
+    CONFLICT,
+    FAILED,
+    INTERRUPTED,
+    SAME_DIGEST,
+    SKIPPED,
+    SYNCED,
+    Result,
+)
 
 
 @dataclass
@@ -195,6 +188,95 @@ class ResultCollector(Observer):
 
     def image_finished(self, result: Result) -> None:
         self.results.append(result)
+
+
+def error_result(error: PlanError) -> Result:
+    """A part of the config that could not be planned, as a failed image."""
+    return Result(error.source, error.destination, FAILED, error=error.error)
+
+
+class Tally(Observer):
+    """Counts a run's results without keeping them all: memory stays flat however many
+    images a run has. Keeps the results a person must see (failures, conflicts,
+    interrupted images, notes) and, when asked, every result of one status (the
+    success file), up to ``cap`` of each kind."""
+
+    def __init__(self, cap: int = 10_000, keep: Sequence[str] = ()):
+        self.counts: Counter[str] = Counter()
+        self.bytes = 0
+        self.notable: list[Result] = []
+        self.kept: list[Result] = []
+        self.dropped = 0  # notable results beyond the cap (still counted, still reported)
+        self._cap = cap
+        self._keep = set(keep)
+
+    def image_finished(self, result: Result) -> None:
+        self.counts[result.status] += 1
+        self.bytes += result.bytes
+        if result.status in self._keep:
+            self.kept.append(result)
+        elif result.status in (FAILED, CONFLICT, INTERRUPTED) or (
+                result.note and result.note != SAME_DIGEST):
+            if len(self.notable) < self._cap:
+                self.notable.append(result)
+            else:
+                self.dropped += 1
+
+    def plan_error(self, error: PlanError) -> None:
+        self.image_finished(error_result(error))
+
+    def summary(self, seconds: float, dry_run: bool, empty_rules: Sequence[str]) -> Summary:
+        n = self.counts
+        return Summary(n[SYNCED], n[SKIPPED], n[FAILED], n[CONFLICT], self.bytes,
+                       round(seconds, 3), dry_run, n[INTERRUPTED], list(empty_rules))
+
+
+class ReportWriter(Observer):
+    """Streams the JSON report: each result is written as it finishes (to a file beside
+    the report), and :meth:`finish` puts the summary in front and renames it into
+    place, so a report of a million images never lives in memory."""
+
+    def __init__(self, path: str, dry_run: bool = False):
+        self.path = Path(path)
+        self.dry_run = dry_run
+        self._part = self.path.with_name(f".{self.path.name}.part")
+        self._out: TextIO | None = self._part.open("w", encoding="utf-8")
+        self._first = True
+
+    def image_finished(self, result: Result) -> None:
+        if self._out is None:
+            return
+        doc = asdict(result)
+        if self.dry_run:
+            doc["status"] = DRY_RUN_STATUS.get(doc["status"], doc["status"])
+        self._out.write(("    " if self._first else ",\n    ") + json.dumps(doc))
+        self._first = False
+
+    def plan_error(self, error: PlanError) -> None:
+        self.image_finished(error_result(error))
+
+    def finish(self, summary: Summary) -> None:
+        """Write the report: ``{"summary": ..., "images": [...]}`` (as write_json)."""
+        assert self._out is not None, "finish() once"
+        self._out.close()
+        self._out = None
+        head = asdict(summary)
+        if summary.dry_run:
+            head.update(would_copy=summary.synced, would_skip=summary.skipped)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as out, self._part.open(encoding="utf-8") as part:
+            out.write('{\n  "summary": ' + json.dumps(head) + ',\n  "images": [\n')
+            while chunk := part.read(1 << 20):
+                out.write(chunk)
+            out.write("\n  ]\n}\n")
+        tmp.replace(self.path)
+        self._part.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._part.unlink(missing_ok=True)
 
 
 def read_json(path: str) -> tuple[list[Result], Summary]:

@@ -21,7 +21,7 @@ from .names import scheme_of
 from .plan import Plan, PlanItem, Planner, Shard
 from .ratelimit import RateLimiter
 from .registry import Registry
-from .report import FAILED, Result, ResultCollector, Summary
+from .report import Result, ResultCollector, Summary, Tally, error_result
 from .retry import RetryPolicy
 from .rules import Rule
 from .scheduler import Scheduler
@@ -32,7 +32,8 @@ from .upload import MONOLITHIC_MAX
 
 @dataclass
 class Settings:
-    proc: int = 8             # requests in flight per registry
+    proc: int = 64            # upper bound of requests in flight per registry (each
+                              # registry's queue adapts below it; see hostqueue)
     retries: int = 3
     force: bool = False
     dry_run: bool = False
@@ -152,14 +153,18 @@ class Session:
             scheduler.stop()
 
     async def sync(self, rules: Sequence[Rule], observer: Observer | None = None,
-                   now: float | None = None, shard: Shard | None = None) -> Outcome:
+                   now: float | None = None, shard: Shard | None = None,
+                   keep_results: bool = True, keep: Sequence[str] = ()) -> Outcome:
         """Plan ``rules`` and copy the plan (this shard's share of it), while planning
-        goes on."""
+        goes on. ``keep_results=False``: a run of any size in flat memory: the outcome
+        keeps only what a person must see (failures, notes) and results of the statuses
+        in ``keep``; stream the rest to a :class:`~imagesync.report.ReportWriter`."""
         started = time.monotonic()
-        planner = Planner(self.store, now=time.time() if now is None else now, shard=shard)
+        planner = Planner(self.store, now=time.time() if now is None else now, shard=shard,
+                          keep_items=keep_results)
         items = planner.items(rules)
-        outcome = await self.run_items(items, planner.plan, observer, started)
-        return outcome
+        return await self.run_items(items, planner.plan, observer, started, keep_results,
+                                    keep)
 
     async def run_plan(self, plan: Plan, observer: Observer | None = None) -> Outcome:
         """Copy a plan made elsewhere (a file, a shard, a webhook's single item)."""
@@ -169,9 +174,13 @@ class Session:
         return await self.run_items(items(), plan, observer, time.monotonic())
 
     async def run_items(self, items: Any, plan: Plan, observer: Observer | None,
-                        started: float) -> Outcome:
+                        started: float, keep_results: bool = True,
+                        keep: Sequence[str] = ()) -> Outcome:
         collector = ResultCollector()
-        watchers = Observers([LogObserver(self.log), collector])
+        tally = Tally(keep=keep)
+        watchers = Observers([LogObserver(self.log), tally])
+        if keep_results:
+            watchers.add(collector)
         if observer is not None:
             watchers.add(observer)
         ledger = BlobLedger()
@@ -208,13 +217,19 @@ class Session:
             watchers.plan_error(err)
         for key in plan.empty:
             self.log.warning("rule matched nothing", rule=key)
-        errors = [Result(e.source, e.destination, FAILED, error=e.error) for e in plan.errors]
-        order = {item.seq: i for i, item in enumerate(plan.items)}
-        seq_of = {(item.source, d): item.seq for item in plan.items for d in item.destinations}
-        results = errors + sorted(collector.results, key=lambda r: order.get(
-            seq_of.get((r.source, r.destination), 0), 0))
-        summary = Summary.of(results, time.monotonic() - started, self.settings.dry_run,
-                             plan.empty)
+        summary = tally.summary(time.monotonic() - started, self.settings.dry_run, plan.empty)
+        if keep_results:
+            order = {item.seq: i for i, item in enumerate(plan.items)}
+            seq_of = {(item.source, d): item.seq
+                      for item in plan.items for d in item.destinations}
+            results = [error_result(e) for e in plan.errors] + sorted(
+                collector.results,
+                key=lambda r: order.get(seq_of.get((r.source, r.destination), 0), 0))
+        else:
+            results = tally.notable + tally.kept
+            if tally.dropped:
+                self.log.warning("more results than the summary lists", listed=len(results),
+                                 more=tally.dropped)
         return Outcome(results, summary, plan, ledger)
 
 

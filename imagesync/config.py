@@ -523,13 +523,14 @@ def _rules(doc: dict, file: str, prefix: str, defaults: Defaults) -> list[Rule]:
 
 
 def _single(doc: Any, file: str, defaults: Defaults, environ: Mapping[str, str] | None,
-            schema: dict) -> Config:
+            schema: dict, expand: bool = True) -> Config:
     cfg = Config()
     if not isinstance(doc, dict):
         raise ConfigError(file, None, "must be a mapping with 'auth' and 'images'")
     doc = _normalise_config(doc, file, cfg.warnings)
     whole: dict = {}
-    doc = expand_env(doc, file, environ=environ, kind="config", whole=whole)
+    if expand:
+        doc = expand_env(doc, file, environ=environ, kind="config", whole=whole)
     validate(doc, schema, file, whole=whole)
     cfg.auth = _auth_entries(doc.get("auth") or {}, file)
     cfg.rules = _rules(doc["images"], file, "images", defaults)
@@ -537,10 +538,12 @@ def _single(doc: Any, file: str, defaults: Defaults, environ: Mapping[str, str] 
 
 
 def load_document(doc: Any, label: str, defaults: Defaults = NO_DEFAULTS,
-                  environ: Mapping[str, str] | None = None) -> Config:
+                  environ: Mapping[str, str] | None = None, *, expand: bool = True) -> Config:
     """A :class:`Config` from an already-parsed mapping in the single-file form
-    (``auth`` + ``images``); ``label`` stands for the file name in errors."""
-    return _single(doc, label, defaults, environ, load_schema())
+    (``auth`` + ``images``); ``label`` stands for the file name in errors.
+    ``expand=False``: values are literal (settings from the environment, where a
+    password may well contain ``${``)."""
+    return _single(doc, label, defaults, environ, load_schema(), expand)
 
 
 def load(config: str | None = None, auth: str | None = None, images: str | None = None,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from .events import Observer
 
 if TYPE_CHECKING:
-    from .plan import PlanError
+    from .plan import PlanError, PlanItem
 
 from .results import (
     CONFLICT,
@@ -209,8 +209,19 @@ class Tally(Observer):
         self.dropped = 0  # notable results beyond the cap (still counted, still reported)
         self._cap = cap
         self._keep = set(keep)
+        # (source, destination) -> its item while it runs; the items of failures stay,
+        # so a failed-images file can repeat their options
+        self._running: dict[tuple[str, str], PlanItem] = {}
+        self.failed_items: dict[int, PlanItem] = {}
+
+    def image_started(self, item: PlanItem) -> None:
+        for d in item.destinations:
+            self._running[(item.source, d)] = item
 
     def image_finished(self, result: Result) -> None:
+        item = self._running.pop((result.source, result.destination), None)
+        if item is not None and result.status in (FAILED, CONFLICT, INTERRUPTED):
+            self.failed_items[item.seq] = item
         self.counts[result.status] += 1
         self.bytes += result.bytes
         if result.status in self._keep:

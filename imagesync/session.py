@@ -227,6 +227,7 @@ class Session:
                 key=lambda r: order.get(seq_of.get((r.source, r.destination), 0), 0))
         else:
             results = tally.notable + tally.kept
+            plan.items = list(tally.failed_items.values())  # what a re-run would need
             if tally.dropped:
                 self.log.warning("more results than the summary lists", listed=len(results),
                                  more=tally.dropped)

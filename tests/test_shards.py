@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,7 @@ from imagesync.log import Redactor, make_logger
 from imagesync.plan import Shard
 from imagesync.report import merge
 from imagesync.session import Session, Settings
+from tests.support.cli import run_cli
 from tests.support.images import push_random_image
 
 
@@ -73,3 +78,48 @@ def test_shard_parsing_and_the_kubernetes_environment():
     assert Shard.from_environment({"JOB_COMPLETION_INDEX": "3",
                                    "IMAGESYNC_SHARDS": "4"}) == Shard(3, 4)
     assert Shard.from_environment({"JOB_COMPLETION_INDEX": "3"}) is None
+
+
+def _cfg(src: str, dst: str) -> dict:
+    return {"images": {f"{src}/team/*": f"{dst}/mirror",
+                       f"{src}/other/x": f"{dst}/single/x"}}
+
+
+def test_workers_give_the_same_result_as_one_process(tmp_path, source, dst_registry,
+                                                     registry_factory):
+    one_dst = registry_factory(name="one")
+    (tmp_path / "one").mkdir()
+    single = run_cli(tmp_path / "one", _cfg(source.host, one_dst.host))
+    assert single.code == 0, single.stdout + single.stderr
+    mark = len(dst_registry.log_file.read_text())
+    (tmp_path / "many").mkdir()
+    many = run_cli(tmp_path / "many", _cfg(source.host, dst_registry.host), "--workers", "3")
+    assert many.code == 0, many.stdout + many.stderr
+    puts = _manifest_puts(dst_registry.log_file.read_text()[mark:])
+    assert len(puts) == len(set(puts)) == 6 * 3  # every image once, by one of the workers
+
+    def shape(run, host):
+        return sorted((r["destination"].replace(host, "DST"), r["status"], r["digest"])
+                      for r in run.report["images"])
+
+    assert shape(many, dst_registry.host) == shape(single, one_dst.host)
+    assert "18 synced" in many.stdout
+
+
+def test_report_merge_of_shard_reports(tmp_path, source, dst_registry):
+    reports = []
+    for i in range(2):
+        work = tmp_path / f"shard{i}"
+        work.mkdir()
+        run = run_cli(work, _cfg(source.host, dst_registry.host), "--shard", f"{i}/2",
+                      "--timestamp", "1700000000")
+        assert run.code == 0, run.stdout + run.stderr
+        reports.append(str(work / "report.json"))
+    out = tmp_path / "all.json"
+    merged = subprocess.run([sys.executable, "-m", "imagesync", "report", "merge", *reports,
+                             "-o", str(out)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert merged.returncode == 0, merged.stderr
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["synced"] == 18 and len(doc["images"]) == 18
+    assert "18 synced" in merged.stderr

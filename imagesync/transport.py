@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import ssl
 import time
@@ -89,8 +90,8 @@ class Client:
 
     keychain: Keychains
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    concurrency: int = 8    # requests in flight per registry
-    per_registry: int = 0   # a fixed cap that wins over ``concurrency`` (0: none)
+    concurrency: int = 8    # upper bound of requests in flight per registry (adaptive)
+    per_registry: int = 0   # a fixed cap, no adaptation; wins over ``concurrency`` (0: none)
     log: Any = field(default_factory=structlog.get_logger)
     ratelimits: RateLimiter = field(default_factory=RateLimiter)
     auth_retries: int = 0   # requests repeated after a 401 (tests: no storms)
@@ -128,7 +129,8 @@ class Client:
         q = self._queues.get(host)
         if q is None:
             limit = self.per_registry or self.concurrency
-            q = self._queues[host] = HostQueue(host, limit, self.log)
+            q = self._queues[host] = HostQueue(host, limit, self.log,
+                                               adaptive=not self.per_registry)
         return q
 
     @property
@@ -360,7 +362,9 @@ class Client:
         if queue.down:
             raise RegistryDown(f"{registry} is unreachable ({queue.down})")
         ep = await self.endpoint(registry)
-        url = path if path.startswith(("http://", "https://")) else urljoin(ep.base, path)
+        url = (path if path.startswith(("http://", "https://"))
+               else _origin(ep.base) + path if path.startswith("/")  # urljoin, cheaply
+               else urljoin(ep.base, path))
         what = f"{method} {_short(url)}"
         replayable = data is None or isinstance(data, bytes | str)
         async with contextlib.AsyncExitStack() as stack:
@@ -375,11 +379,18 @@ class Client:
                 else:
                     await stack.enter_async_context(queue.slot())
                 started = time.monotonic()
-                resp = await _classified(
-                    self.session.request(method, url, headers=hdrs, params=params,
-                                         data=data, ssl=ep.ssl), what, self.policy, ep)
+                try:
+                    resp = await _classified(
+                        self.session.request(method, url, headers=hdrs, params=params,
+                                             data=data, ssl=ep.ssl), what, self.policy, ep)
+                except TransientError:
+                    queue.congested("timeout or reset", 0.75)
+                    raise
+                seconds = time.monotonic() - started
+                if replayable:  # a streamed body's time is the body's, not the registry's
+                    queue.observe(seconds)
                 self.log.debug("request", method=method, url=_short(url), status=resp.status,
-                               seconds=round(time.monotonic() - started, 3))
+                               seconds=round(seconds, 3))
                 stack.callback(resp.release)
                 self.ratelimits.observe(registry, resp.headers)
                 if resp.status == 401 and attempt == 1:
@@ -413,6 +424,7 @@ class Client:
                 try:
                     body = await resp.read()
                 except Exception as e:
+                    self.queue(registry).congested("reset", 0.75)
                     raise _translate(e, f"{method} {_short(str(resp.url))}",
                                      self.policy) from None
                 return Response(resp.status, resp.headers, body, str(resp.url))
@@ -433,6 +445,7 @@ class Client:
         """One attempt, through the queue of the URL's host (token servers, cloud APIs)."""
         what = f"{method} {_short(url)}"
         async with self.queue(urlsplit(url).netloc).slot():
+            started = time.monotonic()
             resp = await _classified(
                 self.session.request(method, url, data=data, params=params,
                                      headers=headers, ssl=ssl), what, self.policy, None)
@@ -442,6 +455,8 @@ class Client:
                 raise _translate(e, what, self.policy) from None
             finally:
                 resp.release()
+        self.log.debug("request", method=method, url=_short(url), status=resp.status,
+                       seconds=round(time.monotonic() - started, 3))
         return resp.status, resp.headers, body
 
     async def _raise_for(self, resp: aiohttp.ClientResponse, ep: Endpoint, method: str,
@@ -461,6 +476,8 @@ class Client:
                 self.queue(ep.registry).hold(min(
                     after if after is not None else self.policy.initial,
                     self.policy.max_retry_after))
+            if status in (429, 503, 504):  # and send fewer at once from now on
+                self.queue(ep.registry).congested(str(status))
             raise TransientError(f"{what}: {status} {detail}".strip(), after)
         if status in (401, 403):
             verb = "authentication failed" if status == 401 else "access denied"
@@ -535,6 +552,13 @@ def _error_detail(body: bytes) -> tuple[str | None, str]:
         return first.get("code"), str(first.get("message") or "")
     except (ValueError, AttributeError, IndexError, TypeError):
         return None, ""
+
+
+@functools.lru_cache(maxsize=256)
+def _origin(base: str) -> str:
+    """``scheme://host[:port]`` of a base URL: what an absolute path is joined to."""
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _short(url: str) -> str:

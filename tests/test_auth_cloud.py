@@ -264,6 +264,8 @@ def test_gcp_adc_end_to_end(tmp_path, monkeypatch, google_token_uri, registry_fa
     assert run.code == 0, run.stdout + run.stderr
     assert RegistryAPI(gar).head_manifest("proj/repo/app", "v1") == img.digest
     assert len(_TokenHandler.seen) == 1  # one access token for the whole run
+    # ... asked for through imagesync's own HTTP client (logged like every request)
+    assert f"POST {google_token_uri}" in run.stderr, run.stderr
     assert b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" in (
         _TokenHandler.seen[0])
     assert "ya29.fake-adc-token" not in run.stdout + run.stderr + json.dumps(run.report)

@@ -34,6 +34,6 @@ def cloud_providers(environ: Mapping[str, str] | None, on_secret: SecretSink,
             return None
         from .gcp import GCPProvider
 
-        return GCPProvider(entry, on_secret, clock=clock).fetch
+        return GCPProvider(entry, on_secret, http=http, clock=clock).fetch
 
     return [ecr, gcp]

@@ -15,10 +15,13 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthError, TransientError
 from ..keychain import AuthEntry, Credential, SecretSink
+
+if TYPE_CHECKING:
+    from ..transport import Client
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 #: Fetch a new access token this long before the current one expires (Google's live 1 h).
@@ -26,11 +29,40 @@ REFRESH_BEFORE = 300.0
 USERNAME = "oauth2accesstoken"
 
 
+class _ClientRequest:
+    """google-auth's transport interface (``Request``), carried out by imagesync's HTTP
+    client on the event loop: google-auth refreshes in a worker thread and waits there,
+    while the request shares the session, timeouts and error classification of every
+    other request."""
+
+    class Response:
+        def __init__(self, status: int, headers: Any, data: bytes):
+            self.status, self.headers, self.data = status, dict(headers), data
+
+    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop):
+        self.client, self.loop = client, loop
+
+    def __call__(self, url: str, method: str = "GET", body: Any = None,
+                 headers: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(
+            self.client.send_once(method, url, data=body, headers=dict(headers or {})),
+            self.loop)
+        try:
+            status, hdrs, data = future.result()
+        except TransientError as e:
+            import google.auth.exceptions
+
+            raise google.auth.exceptions.TransportError(str(e)) from None
+        return self.Response(status, hdrs, data)
+
+
 class GCPProvider:
     def __init__(self, entry: AuthEntry, on_secret: SecretSink, *,
+                 http: Callable[[], Client | None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.entry = entry
+        self.http = http  # the HTTP client token requests go through
         self.on_secret = on_secret
         self.clock, self.wall = clock, wall
         self._creds: Any = None
@@ -38,7 +70,10 @@ class GCPProvider:
 
     async def fetch(self) -> Credential:
         self.calls += 1
-        token, expiry = await asyncio.to_thread(self._refresh)
+        client = self.http()
+        request = (_ClientRequest(client, asyncio.get_running_loop())
+                   if client is not None else None)
+        token, expiry = await asyncio.to_thread(self._refresh, request)
         self.on_secret(token)
         lifetime = (expiry - self.wall()) if expiry else 3600.0
         refresh_in = max(lifetime - min(REFRESH_BEFORE, lifetime / 4), 10.0)
@@ -46,7 +81,7 @@ class GCPProvider:
                           source=f"Google Application Default Credentials for {self.entry.where}",
                           expires_at=self.clock() + refresh_in)
 
-    def _refresh(self) -> tuple[str, float | None]:
+    def _refresh(self, request: Any = None) -> tuple[str, float | None]:
         try:
             import google.auth
             import google.auth.exceptions
@@ -57,7 +92,7 @@ class GCPProvider:
         try:
             if self._creds is None:
                 self._creds, _project = google.auth.default(scopes=list(SCOPES))
-            self._creds.refresh(google.auth.transport.requests.Request())
+            self._creds.refresh(request or google.auth.transport.requests.Request())
         except google.auth.exceptions.TransportError as e:
             raise TransientError(f"Google Application Default Credentials: {e}") from None
         except google.auth.exceptions.GoogleAuthError as e:

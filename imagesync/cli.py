@@ -36,7 +36,7 @@ from .events import Observers
 from .log import Redactor
 from .output import Output, add_output_arguments
 from .plan import Plan, Shard
-from .report import SYNCED, ReportWriter, merge, read_json, render, write_json
+from .report import SKIPPED, SYNCED, ReportWriter, merge, read_json, render, write_json
 from .rules import Defaults
 from .session import Outcome, Session, Settings
 from .upload import MONOLITHIC_MAX
@@ -363,7 +363,11 @@ def run_config(cfg: Config, args: argparse.Namespace, warnings: Sequence[str] = 
                             dry_run=args.dry_run, chunk_size=args.chunk_size or MONOLITHIC_MAX,
                             per_registry=args.per_registry, timeout=args.timeout)
         report = ReportWriter(args.report, args.dry_run) if args.report else None
-        keep = (SYNCED,) if getattr(args, "output_success_images", None) else ()
+        keep: tuple[str, ...] = ()
+        if args.dry_run:  # the plan lists every image (the first 10,000; all in --report)
+            keep = (SYNCED, SKIPPED)
+        elif getattr(args, "output_success_images", None):
+            keep = (SYNCED,)
         try:
             outcome, stopped_by = asyncio.run(_run(
                 cfg, settings, out, shard=shard, now=getattr(args, "timestamp", None),

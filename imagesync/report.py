@@ -225,7 +225,10 @@ class Tally(Observer):
         self.counts[result.status] += 1
         self.bytes += result.bytes
         if result.status in self._keep:
-            self.kept.append(result)
+            if len(self.kept) < self._cap:
+                self.kept.append(result)
+            else:
+                self.dropped += 1
         elif result.status in (FAILED, CONFLICT, INTERRUPTED) or (
                 result.note and result.note != SAME_DIGEST):
             if len(self.notable) < self._cap:

@@ -10,13 +10,16 @@ import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from tests.support.images import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
+    DOCKER_LIST,
     DOCKER_MANIFEST,
     RegistryAPI,
+    push_index,
     push_random_image,
     seed_many,
 )
@@ -61,6 +64,29 @@ def seed_images(api: RegistryAPI, name: str, prefix: str, n_repos: int, n_tags: 
     for img in pushed:
         wl.digests[(img.repo, img.tag or img.digest)] = img.digest
     wl.bytes = len(pushed) * sum(layer_sizes)
+    return wl
+
+
+def seed_indexes(api: RegistryAPI, name: str, prefix: str, n_repos: int, n_tags: int,
+                 layer_sizes: tuple[int, ...], platforms: int = 3,
+                 workers: int = 4) -> Workload:
+    """n_repos x n_tags multi-platform images: an index of ``platforms`` children, each
+    with its own random layers."""
+    from tests.support.images import DEFAULT_PLATFORMS
+
+    repos = [f"{prefix}/r{i:02d}" for i in range(n_repos)]
+    jobs = [(r, f"v{j}") for r in repos for j in range(n_tags)]
+
+    def one(job: tuple[str, str]) -> tuple[str, str, str]:
+        img = push_index(api, job[0], job[1], DEFAULT_PLATFORMS[:platforms],
+                         layer_sizes=layer_sizes)
+        return job[0], job[1], img.digest
+
+    wl = Workload(name, prefix, repos)
+    with ThreadPoolExecutor(workers, thread_name_prefix="seed") as pool:
+        for repo, tag, digest in pool.map(one, jobs):
+            wl.digests[(repo, tag)] = digest
+    wl.bytes = len(jobs) * platforms * sum(layer_sizes)
     return wl
 
 
@@ -143,6 +169,120 @@ def seed_many_tags(api: RegistryAPI, n_tags: int, n_images: int = 4,
     for i, tag in enumerate(tags):
         wl.digests[(repo, tag)] = images[i % len(images)].digest
     wl.bytes = sum(512 + 1024 for _ in images)
+    return wl
+
+
+@dataclass
+class FarmImage:
+    """One image of a tag farm: its manifest (and children) and blobs, as bytes."""
+
+    digest: str
+    media_type: str
+    manifest: bytes
+    blobs: dict[str, bytes]               # every blob, children's included
+    children: list[tuple[str, bytes]]     # (digest, manifest) of an index's children
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def farm_images(n: int, *, platforms: int = 0, layer: int = 512,
+                seed: int = 7) -> list[FarmImage]:
+    """``n`` distinct tiny images (config + one random layer); with ``platforms`` > 0
+    each is an index (Docker manifest list) of that many single-platform children."""
+    rng = random.Random(seed)
+    arches = ["amd64", "arm64", "ppc64le", "s390x", "386", "riscv64"]
+
+    def single(arch: str) -> tuple[str, bytes, dict[str, bytes]]:
+        data = bytes(rng.getrandbits(8) for _ in range(layer))
+        layer_digest = _sha(data)
+        config = json.dumps({"architecture": arch, "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [layer_digest]}},
+                            sort_keys=True).encode()
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(config),
+                       "digest": _sha(config)},
+            "layers": [{"mediaType": DOCKER_LAYER, "size": len(data),
+                        "digest": layer_digest}],
+        }, indent=3).encode()
+        return _sha(manifest), manifest, {layer_digest: data, _sha(config): config}
+
+    out = []
+    for _ in range(n):
+        if not platforms:
+            digest, manifest, blobs = single("amd64")
+            out.append(FarmImage(digest, DOCKER_MANIFEST, manifest, blobs, []))
+            continue
+        children, blobs, entries = [], {}, []
+        for a in arches[:platforms]:
+            d, m, b = single(a)
+            children.append((d, m))
+            blobs.update(b)
+            entries.append({"mediaType": DOCKER_MANIFEST, "size": len(m), "digest": d,
+                            "platform": {"os": "linux", "architecture": a}})
+        index = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_LIST,
+                            "manifests": entries}, indent=3).encode()
+        out.append(FarmImage(_sha(index), DOCKER_LIST, index, blobs, children))
+    return out
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def write_tag_farm(storage: Path, repos: list[str], n_tags: int,
+                   images: list[FarmImage]) -> dict[tuple[str, str], str]:
+    """Write ``repos`` x ``n_tags`` tags straight into docker-registry's filesystem
+    storage (``LocalRegistry.storage``), tag ``i`` of every repository pointing at image
+    ``i % len(images)``: no HTTP, ~20 s per 100,000 tags on tmpfs. Returns (repo, tag) ->
+    digest. The registry may be running: it reads its storage on every request."""
+    v2 = storage / "docker" / "registry" / "v2"
+    for img in images:  # blobs: manifests are blobs too
+        for digest, data in [(img.digest, img.manifest), *img.children,
+                             *img.blobs.items()]:
+            hexd = digest.split(":", 1)[1]
+            blob = v2 / "blobs" / "sha256" / hexd[:2] / hexd / "data"
+            if not blob.exists():
+                _write(blob, data)
+    digests: dict[tuple[str, str], str] = {}
+    for repo in repos:
+        root = v2 / "repositories" / repo
+        for img in images:
+            for digest in [img.digest, *(d for d, _ in img.children)]:
+                _write(root / "_manifests" / "revisions" / "sha256" / digest[7:] / "link",
+                       digest.encode())
+            for digest in img.blobs:
+                _write(root / "_layers" / "sha256" / digest[7:] / "link", digest.encode())
+        for i in range(n_tags):
+            tag = f"t{i:05d}"
+            digest = images[i % len(images)].digest
+            tag_dir = root / "_manifests" / "tags" / tag
+            _write(tag_dir / "current" / "link", digest.encode())
+            _write(tag_dir / "index" / "sha256" / digest[7:] / "link", digest.encode())
+            digests[(repo, tag)] = digest
+    return digests
+
+
+def seed_tag_farm(storage: Path, prefix: str, n_repos: int, n_tags: int,
+                  n_images: int, *, platforms: int = 0,
+                  mirror: Path | None = None, mirror_prefix: str = "") -> Workload:
+    """``n_repos`` repositories ``<prefix>/rNNN`` of ``n_tags`` tags over ``n_images``
+    distinct images, written on disk. ``mirror``: the same again in another registry's
+    storage under ``<mirror_prefix>/<repo>`` (a destination already in sync: no-op runs)."""
+    images = farm_images(n_images, platforms=platforms)
+    repos = [f"{prefix}/r{i:03d}" for i in range(n_repos)]
+    wl = Workload("farm", prefix, repos)
+    wl.digests = write_tag_farm(storage, repos, n_tags, images)
+    if mirror is not None:
+        write_tag_farm(mirror, [f"{mirror_prefix}/{r}".strip("/") for r in repos], n_tags,
+                       images)
+    wl.bytes = sum(len(b) for img in images for b in img.blobs.values())
     return wl
 
 

@@ -126,8 +126,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_network_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-p", "--proc", type=_positive, default=8, metavar="N",
-                   help="concurrent network operations (default 8)")
+    p.add_argument("-p", "--proc", type=_positive, default=64, metavar="N",
+                   help="at most N requests in flight per registry; below that each "
+                   "registry's queue finds its own concurrency (default 64)")
     p.add_argument("-r", "--retries", type=_positive, default=3, metavar="N",
                    help="retries per request after transient failures (default 3)")
     p.add_argument("--timeout", type=_positive, default=60, metavar="SECONDS",
@@ -152,8 +153,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the plan (copy / skip / conflict, bytes) and write nothing")
     add_platform_arguments(p)
     p.add_argument("--per-registry", type=_positive, default=0, metavar="N",
-                   help="at most N connections to any one registry (default: no cap "
-                   "beyond --proc)")
+                   help="exactly N requests in flight per registry: a fixed limit, no "
+                   "adaptation (default: adaptive up to --proc)")
     p.add_argument("--chunk-size", type=_positive, default=MONOLITHIC_MAX, metavar="BYTES",
                    help="blobs above this size are uploaded in resumable chunks of this "
                    f"size (default {MONOLITHIC_MAX >> 20} MiB)")

@@ -310,11 +310,31 @@ class Copier:
         return moved + m.size
 
     async def _push_child(self, image: _Image, child: Descriptor, dst: Repository) -> int:
-        have = await dst.head_manifest(child.digest)
-        if have is not None and not self.options.force:
+        """Push one child of an index into ``dst`` (unless there), once per destination
+        repository per run: many tags of one index ask about each child once."""
+        key, ledger = (dst.name, child.digest), self.ledger
+        known = ledger.transfers.get(key)
+        if known is not None:
+            await asyncio.shield(known)
             return 0
-        m = await self._manifest(image, child.digest)
-        return await self._push_tree(image, m, dst, child.digest)
+
+        async def push() -> int:
+            have = await dst.head_manifest(child.digest)
+            if have is not None and not self.options.force:
+                return 0
+            m = await self._manifest(image, child.digest)
+            return await self._push_tree(image, m, dst, child.digest)
+
+        t = asyncio.ensure_future(push())
+        ledger.transfers[key] = t
+        try:
+            return await asyncio.shield(t)
+        except BaseException:
+            if not t.done():
+                t.cancel()
+            if ledger.transfers.get(key) is t:  # a later image may try again
+                del ledger.transfers[key]
+            raise
 
     async def _ensure_blob(self, image: _Image, desc: Descriptor, dst: Repository) -> int:
         """Make ``desc`` exist in ``dst``; bytes this call moved (0 if it was already there

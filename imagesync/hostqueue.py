@@ -10,7 +10,15 @@ Every request to a registry waits here before it is sent:
   :data:`priority`), so images in flight finish before new ones start;
 * **one failure cycle for all**: when many requests fail to connect at once, that is
   one failed attempt of the registry, not one per request. After the policy's retries
-  the registry is marked down for the run and every later request fails at once.
+  the registry is marked down for the run and every later request fails at once;
+* **adaptive concurrency** (:class:`Concurrency`): unless the limit is fixed
+  (``--per-registry``), each registry's queue finds its own limit between 1 and the
+  upper bound (``--proc``): it starts at 8, doubles each window while the requests'
+  latency stays near the registry's baseline and the limit is what holds requests back,
+  grows by an eighth per window once it has backed off, stops growing when latency
+  rises (requests are queueing somewhere: in the registry, the network or our own event
+  loop) and shrinks when it has tripled; it halves on 429, 503 and 504 and loses a
+  quarter on timeouts and resets (once per window, however many requests saw them).
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import math
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 #: The priority of the requests a task makes (lower first): the scheduler sets it to the
@@ -29,12 +39,152 @@ from typing import Any
 priority: contextvars.ContextVar[int] = contextvars.ContextVar("priority", default=-1)
 
 
+#: Where an adaptive queue starts (or its upper bound, when lower).
+INITIAL = 8
+
+
+class Concurrency:
+    """A latency-gradient (Vegas-like) AIMD controller of one registry's limit.
+
+    Fed one latency sample per answered request (seconds from sending to the answer's
+    headers; requests whose body we stream and requests that opened a connection are
+    left out: their time is the body's, or the handshakes') and
+    one signal per congestion event (429, 503, 504, timeout, reset). Samples are grouped
+    in windows of half the limit, at least ``min_window`` (one window is about one
+    round trip at full concurrency), closed early after ``max_window`` seconds. At the
+    end of a window:
+
+    * the window's latency is its median; the **baseline** is the lowest window latency
+      of the last ``memory`` seconds (so it follows a path that got slower for good,
+      but not the queueing the controller itself causes: any dip of the limit within
+      ``memory`` seconds re-measures it);
+    * the window's **queue estimate** is ``limit * (1 - baseline / latency)``: how many
+      requests are waiting somewhere rather than being served (TCP Vegas);
+    * if the limit held requests back during the window (``saturated``) and the queue
+      estimate is below ``alpha`` (at least 3, or a third of the limit: latency within
+      half the baseline again), the limit grows: doubling before the first backoff
+      (slow start), then by an eighth (at least 1);
+    * if the queue estimate is above ``beta`` (at least 6, or two thirds of the limit:
+      latency past three times the baseline), the limit shrinks by an eighth. In
+      between it holds: a registry that serves more at once while answering somewhat
+      slower (a busy proxy, its own CPUs on loopback) keeps the concurrency that pays.
+
+    A congestion signal halves the limit at once (at most once per ``cooldown``
+    seconds: a burst of 429s is one event) and ends slow start.
+    """
+
+    def __init__(self, maximum: int, *, initial: int = INITIAL, minimum: int = 1,
+                 clock: Callable[[], float] = time.monotonic, max_window: float = 1.0,
+                 alpha: float = 3.0, beta: float = 6.0, memory: float = 20.0,
+                 min_window: int = 8):
+        if maximum < 1:
+            raise ValueError("a registry needs at least one slot")
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.value = float(max(self.minimum, min(initial, maximum)))
+        self.clock = clock
+        self.max_window = max_window
+        self.alpha = alpha
+        self.beta = beta
+        self.slow_start = True
+        self.baseline: float | None = None
+        self.latency: float | None = None   # the last window's median
+        self.decreases = 0
+        self.increases = 0
+        self.lowest = int(self.value)       # after the first change (tests, bench)
+        self.highest = int(self.value)
+        self.changes: deque[tuple[float, int, str]] = deque(maxlen=256)
+        self._window: list[float] = []
+        self._window_start = clock()
+        self._saturated = False
+        self.memory = memory
+        self.min_window = min_window
+        self._lows: deque[tuple[float, float]] = deque()  # (time, median), increasing
+        self._last_decrease = -math.inf
+
+    @property
+    def limit(self) -> int:
+        return int(self.value)
+
+    def saturated(self) -> None:
+        """A request had to wait for a slot: the limit is what holds the registry back."""
+        self._saturated = True
+
+    def sample(self, seconds: float) -> bool:
+        """One request's latency. True when the limit changed."""
+        self._window.append(seconds)
+        now = self.clock()
+        if (len(self._window) < max(self.min_window, self.limit // 2)
+                and now - self._window_start < self.max_window):
+            return False
+        window, saturated = sorted(self._window), self._saturated
+        self._window, self._saturated, self._window_start = [], False, now
+        median = window[len(window) // 2]
+        lows = self._lows
+        while lows and lows[-1][1] >= median:
+            lows.pop()
+        lows.append((now, median))
+        while lows[0][0] < now - self.memory:
+            lows.popleft()
+        self.baseline = lows[0][1]
+        self.latency = median
+        queued = self.value * (1.0 - self.baseline / median) if median > 0 else 0.0
+        before = self.limit
+        if queued > max(self.beta, self.value * 2 / 3):
+            self.value = max(self.minimum, self.value - max(1.0, self.value / 8))
+            self.slow_start = False
+            why = "latency"
+        elif saturated and queued < max(self.alpha, self.value / 3):
+            step = self.value if self.slow_start else max(1.0, self.value / 8)
+            self.value = min(float(self.maximum), self.value + step)
+            why = "grow"
+        else:
+            return False
+        return self._changed(before, why, now)
+
+    def congested(self, why: str = "congestion", factor: float = 0.5) -> bool:
+        """The registry throttled us or a request broke: back off (once per cooldown)."""
+        now = self.clock()
+        self.slow_start = False
+        if now - self._last_decrease < self.cooldown:
+            return False
+        self._last_decrease = now
+        before = self.limit
+        self.value = max(float(self.minimum), self.value * factor)
+        # Latency from before the backoff says nothing about the new limit.
+        self._window, self._saturated, self._window_start = [], False, now
+        return self._changed(before, why, now)
+
+    @property
+    def cooldown(self) -> float:
+        """A burst of failures is one event: about two round trips, at least 0.1 s."""
+        return max(0.1, 2 * (self.latency or 0.0))
+
+    def _changed(self, before: int, why: str, now: float) -> bool:
+        after = self.limit
+        if after == before:
+            return False
+        if after > before:
+            self.increases += 1
+        else:
+            self.decreases += 1
+        self.lowest = min(self.lowest, after)
+        self.highest = max(self.highest, after)
+        self.changes.append((now, after, why))
+        return True
+
+
 class HostQueue:
-    def __init__(self, name: str, limit: int, log: Any = None):
+    def __init__(self, name: str, limit: int, log: Any = None, *, adaptive: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        """``limit``: the fixed number of slots, or with ``adaptive`` the upper bound
+        of what :class:`Concurrency` may choose."""
         if limit < 1:
             raise ValueError("a registry needs at least one slot")
         self.name = name
-        self.limit = limit
+        self.maximum = limit
+        self.control = Concurrency(limit, clock=clock) if adaptive else None
+        self.limit = self.control.limit if self.control else limit
         self._in_use = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
@@ -84,11 +234,34 @@ class HostQueue:
     def reachable(self) -> None:
         self.failures = 0
 
+    # -- adaptive concurrency ------------------------------------------------------
+    def observe(self, seconds: float) -> None:
+        """An answer came ``seconds`` after its request was sent (headers, not body)."""
+        if self.control is not None and self.control.sample(seconds):
+            self._adapted()
+
+    def congested(self, why: str = "congestion", factor: float = 0.5) -> None:
+        """429/503/504, a timeout or a reset: fewer requests at once for a while."""
+        if self.control is not None and self.control.congested(why, factor):
+            self._adapted()
+
+    def _adapted(self) -> None:
+        assert self.control is not None
+        self.set_limit(self.control.limit)
+        if self._log is not None:
+            c = self.control
+            self._log.debug("concurrency", registry=self.name, limit=self.limit,
+                            why=c.changes[-1][2] if c.changes else "",
+                            latency_ms=round((c.latency or 0) * 1000, 1),
+                            baseline_ms=round((c.baseline or 0) * 1000, 1))
+
     # -- slots ---------------------------------------------------------------------
     async def _acquire(self, prio: int) -> None:
         if self._in_use < self.limit and not self._waiters:
             self._take()
             return
+        if self.control is not None:
+            self.control.saturated()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (prio, next(self._order), fut))
         try:

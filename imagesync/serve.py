@@ -735,8 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted pushes waiting or being copied; more get 503 (default 256)")
     p.add_argument("--grace", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, time to finish accepted pushes (default 30)")
-    p.add_argument("--proc", type=_count, default=8, metavar="N",
-                   help="concurrent requests per registry (default 8)")
+    p.add_argument("--proc", type=_count, default=64, metavar="N",
+                   help="at most N requests in flight per registry, adaptive below (default 64)")
     p.add_argument("--retries", type=int, default=3, metavar="N",
                    help="retries per request after transient failures (default 3)")
     p.add_argument("--per-registry", type=int, default=0, metavar="N",

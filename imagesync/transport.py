@@ -30,6 +30,7 @@ import functools
 import json
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -100,6 +101,7 @@ class Client:
     _endpoints: dict[str, Endpoint] = field(default_factory=dict)
     _discovering: dict[str, asyncio.Future[Endpoint]] = field(default_factory=dict)
     _queues: dict[str, HostQueue] = field(default_factory=dict)
+    _connections: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def __post_init__(self) -> None:
         if self.ratelimits.log is None:
@@ -136,6 +138,14 @@ class Client:
     @property
     def queues(self) -> dict[str, HostQueue]:
         return dict(self._queues)
+
+    def _reused(self, resp: aiohttp.ClientResponse) -> bool:
+        """Did ``resp`` come over a connection that had served a request before?"""
+        conn = getattr(resp, "_protocol", None)
+        if conn is None or conn in self._connections:
+            return True
+        self._connections.add(conn)
+        return False
 
     # -- 1. retry ------------------------------------------------------------------
     async def retrying(self, fn: Callable[[], Awaitable[T]], what: str,
@@ -387,7 +397,9 @@ class Client:
                     queue.congested("timeout or reset", 0.75)
                     raise
                 seconds = time.monotonic() - started
-                if replayable:  # a streamed body's time is the body's, not the registry's
+                # A streamed body's time is the body's, and a new connection's includes
+                # its handshakes: neither says how busy the registry is.
+                if replayable and self._reused(resp):
                     queue.observe(seconds)
                 self.log.debug("request", method=method, url=_short(url), status=resp.status,
                                seconds=round(seconds, 3))

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from imagesync import transport as transport_mod
 from imagesync.auth import repository_scope
 from imagesync.dockerconfig import DockerConfig
-from imagesync.errors import AuthError, RegistryDown, TransientError
+from imagesync.errors import AuthError, RegistryDown
 from imagesync.keychain import AuthEntry
 from imagesync.ratelimit import RateLimiter, parse_ratelimit
 from imagesync.retry import RetryPolicy

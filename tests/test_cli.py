@@ -76,7 +76,7 @@ def test_copy_booleans_take_pflag_values():
                      "--overwrite=false", "-a", "-j", "3"])
     assert not args.src_tls_verify and args.dest_tls_verify and not args.overwrite
     assert args.all_tags and args.proc == 3
-    assert parse(p, ["a", "b"]).proc == 8
+    assert parse(p, ["a", "b"]).proc == 64
     assert parse(p, ["a", "b"]).overwrite is True
     assert parse(p, ["a", "b", "-n"]).overwrite is False
 

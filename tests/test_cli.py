@@ -48,12 +48,12 @@ def run(*argv: str) -> tuple[int, str, str]:
     (["-p", "6", "-r", "3"], 6, 3, False),
     (["-p6", "-r=1"], 6, 1, False),
     (["--proc=2", "--retries", "0"], 2, 0, False),
-    (["--force"], 8, 3, True),
-    (["--force=true"], 8, 3, True),
-    (["--force=True"], 8, 3, True),
-    (["--force=1"], 8, 3, True),
-    (["--force=false"], 8, 3, False),
-    (["--force", "--force=f"], 8, 3, False),
+    (["--force"], 64, 3, True),
+    (["--force=true"], 64, 3, True),
+    (["--force=True"], 64, 3, True),
+    (["--force=1"], 64, 3, True),
+    (["--force=false"], 64, 3, False),
+    (["--force", "--force=f"], 64, 3, False),
 ])
 def test_image_syncer_flags(argv, proc, retries, force):
     args = parse(build_parser(), ["--config", "x.yaml", *argv])

@@ -161,11 +161,6 @@ def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-class _Discard(list[str]):
-    def append(self, _value: str) -> None:
-        pass
-
-
 def _ref(registry: str, repository: str, tag: str | None) -> str:
     return str(Reference(registry, repository, tag))
 
@@ -195,8 +190,6 @@ class Planner:
 
     def __post_init__(self) -> None:
         self.plan = Plan(now=self.now)
-        if self.shard is not None and self.shard.index != 0:
-            self.plan.empty = _Discard()  # rules matching nothing: shard 0 tells
 
     async def collect(self, rules: Iterable[Rule]) -> Plan:
         async for _ in self.items(rules):
@@ -237,8 +230,9 @@ class Planner:
                             if self.keep_items:
                                 self.plan.items.append(item)
                             yield item
-                if not produced and rule.key not in self._failed_rules:
-                    self.plan.empty.append(rule.key)
+                if (not produced and rule.key not in self._failed_rules
+                        and (self.shard is None or self.shard.index == 0)):
+                    self.plan.empty.append(rule.key)  # with shards, shard 0 tells
         finally:
             for listing in listings:
                 listing.cancel()

@@ -442,15 +442,6 @@ class Client:
                 return Response(resp.status, resp.headers, body, str(resp.url))
         return await self.retrying(once, f"{method} {registry}{_short(path)}", registry)
 
-    async def send(self, method: str, url: str, *, data: Any = None,
-                   headers: dict[str, str] | None = None,
-                   ssl: ssl.SSLContext | bool = True) -> tuple[int, Any, bytes]:
-        """One request to a non-registry URL (cloud APIs), retried: (status, headers, body)."""
-        host = urlsplit(url).netloc
-        return await self.retrying(
-            lambda: self.send_once(method, url, data=data, headers=headers, ssl=ssl),
-            f"{method} {_short(url)}", host)
-
     async def send_once(self, method: str, url: str, *, data: Any = None,
                     params: Any = None, headers: dict[str, str] | None = None,
                     ssl: ssl.SSLContext | bool = True) -> tuple[int, Any, bytes]:
